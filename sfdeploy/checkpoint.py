@@ -1,0 +1,128 @@
+"""The checkpoint format: weights + ModelConfig + training metadata, safe to load with weights_only=True.
+
+Layout (a plain dict of tensors and primitives):
+    {"format": "sfdeploy.checkpoint", "format_version": 1, "sfdeploy_version": str,
+     "config": ModelConfig.to_dict(), "model": state_dict, "meta": {...},
+     # resumable training state, optional:
+     "optimizer": ..., "scheduler": ..., "train_state": {...}}
+`meta` holds what downstream tools show: step, epoch, priors, metrics (e.g. {"bbox": {"AP": ..}}), timings.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+
+FORMAT = "sfdeploy.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, or not an sfdeploy checkpoint; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # optimizer / scheduler / train_state when present
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    config: ModelConfig,
+    meta: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Save `model` with its config; `extra` (optimizer=..., scheduler=..., train_state=...) makes it resumable."""
+    from . import __version__
+
+    model = getattr(model, "module", model)  # unwrap DDP
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sfdeploy_version": __version__,
+        "config": config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    payload.update({k: v for k, v in extra.items() if v is not None})
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint (never unpickles arbitrary objects)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p} is empty (an interrupted copy?); use another checkpoint")
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, random bytes
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p} is not a readable sfdeploy checkpoint (truncated or foreign file): {reason}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p} is not an sfdeploy checkpoint (no '{FORMAT}' marker); "
+            "train one with `sfdeploy train` or export weights with sfdeploy.checkpoint.save_checkpoint"
+        )
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{p} uses checkpoint format {payload['format_version']}; upgrade sfdeploy to read it")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{p} has an invalid model config: {exc}") from exc
+    extra = {k: v for k, v in payload.items() if k not in {"format", "format_version", "sfdeploy_version",
+                                                           "config", "model", "meta"}}
+    return Checkpoint(config=config, state_dict=payload["model"], meta=payload.get("meta", {}), extra=extra)
+
+
+def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """Rebuild the exact model of a checkpoint (eval mode). Backbone weight files are not needed any more."""
+    from .models import build_model
+
+    model = build_model(ckpt.config, load_backbone_weights=False)
+    try:
+        missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"checkpoint weights do not fit its config: {str(exc).splitlines()[0]}") from exc
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint weights do not fit a {ckpt.config.detector}/{ckpt.config.method}/{ckpt.config.backbone} "
+            f"model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model.eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Checkpoint file -> (model on `device` in eval mode, the checkpoint's config/meta)."""
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt).to(device), ckpt

@@ -1,0 +1,75 @@
+"""The `sfdeploy` command: one argparse tree, one subcommand per stage.
+
+Each stage owns its subcommands in a light module with `register(subparsers)`; handlers import the heavy
+libraries (torch, onnxruntime, gradio) only when they run, so `sfdeploy --help` is instant. Errors that users
+cause (bad data, missing files, bad configs) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (module with register(subparsers)); order is the order shown in --help.
+STAGE_MODULES = (
+    "sfdeploy.sampling_free.prior_cli",  # prior
+    "training.cli",  # train, eval, quickstart
+    "export.cli",  # export, verify
+    "serving.cli",  # predict, serve, bench
+    "sfdeploy.demo_cli",  # demo
+)
+
+
+class UserError(Exception):
+    """Raised by handlers for problems the user can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sfdeploy",
+        description="Sampling-Free object detectors: train, evaluate, export and serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"sfdeploy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in STAGE_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a user-facing, one-line message."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .models.backbones import BackboneError
+
+    types: list[type[BaseException]] = [UserError, ConfigError, CheckpointError, BackboneError, FileNotFoundError]
+    try:
+        from .data import DataError
+
+        types.append(DataError)
+    except ImportError:  # pragma: no cover - data package always present in a full install
+        pass
+    return tuple(types)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("sfdeploy: interrupted", file=sys.stderr)
+        return 130
+    except _user_error_types() as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"sfdeploy {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Typed configuration of a model: everything needed to rebuild it, travels inside every artefact."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+METHODS = ("baseline", "ce", "sampling_free")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_lite0")
+ONE_STAGE = ("retinanet", "fcos")
+TWO_STAGE = ("faster_rcnn", "mask_rcnn")
+
+# Sampling-Free scores are calibrated to the true foreground rate, so they are small (paper sec. 3):
+# a baseline threshold of 0.05 would throw away most correct detections.
+DEFAULT_SCORE_THRESH = {"baseline": 0.05, "ce": 0.05, "sampling_free": 1e-3}
+# The prior used by the baselines (focal loss init, Lin et al.) and by `ce` ("baseline's initialisation").
+FOCAL_PRIOR = 0.01
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    """One detector x training method x backbone, with its classes, input size, priors and thresholds."""
+
+    detector: str = "retinanet"
+    method: str = "sampling_free"
+    backbone: str = "resnet18"
+    class_names: list[str] = field(default_factory=lambda: ["object"])
+    min_size: int = 320
+    max_size: int = 320
+    # None: random init; "imagenet": offline ImageNet weights where available (EfficientNet-Lite0);
+    # or a path to a local torchvision/timm state dict.
+    backbone_weights: str | None = None
+    trainable_backbone_layers: int = 5
+    fpn_channels: int = 256
+    # Optimal priors pi per head, e.g. {"cls": 1e-5} (RetinaNet/FCOS) or {"rpn": 2e-4} (R-CNNs).
+    # Empty: estimated from the training data before training (sampling_free) or the baseline's 0.01.
+    priors: dict[str, float] = field(default_factory=dict)
+    # Ablation switches (paper Table III) for `ce`/`sampling_free`; None = the method's default.
+    optimal_init: bool | None = None
+    guided_scaling: bool | None = None
+    # Smallest anchor side (RetinaNet at P3, RPN at P2); doubles per pyramid level. 32 is torchvision's.
+    anchor_base_size: int = 32
+    score_thresh: float | None = None
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes (torchvision R-CNNs add one for background internally)."""
+        return len(self.class_names)
+
+    @property
+    def effective_score_thresh(self) -> float:
+        return self.score_thresh if self.score_thresh is not None else DEFAULT_SCORE_THRESH[self.method]
+
+    @property
+    def uses_optimal_init(self) -> bool:
+        if self.method == "baseline":
+            return False
+        return self.optimal_init if self.optimal_init is not None else self.method == "sampling_free"
+
+    @property
+    def uses_guided_scaling(self) -> bool:
+        if self.method == "baseline":
+            return False
+        return self.guided_scaling if self.guided_scaling is not None else self.method == "sampling_free"
+
+    @property
+    def is_two_stage(self) -> bool:
+        return self.detector in TWO_STAGE
+
+    @property
+    def has_masks(self) -> bool:
+        return self.detector == "mask_rcnn"
+
+    @property
+    def prior_heads(self) -> tuple[str, ...]:
+        """Heads whose classifier bias gets the optimal prior (sigmoid classifiers only)."""
+        return ("rpn",) if self.is_two_stage else ("cls",)
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        _choice("detector", self.detector, DETECTORS)
+        _choice("method", self.method, METHODS)
+        _choice("backbone", self.backbone, BACKBONES)
+        if not self.class_names or not all(isinstance(c, str) and c for c in self.class_names):
+            raise ConfigError("class_names must be a non-empty list of non-empty strings")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"class_names has duplicates: {self.class_names}")
+        if not (16 <= self.min_size <= self.max_size):
+            raise ConfigError(f"need 16 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
+        if self.fpn_channels < 8:
+            raise ConfigError(f"fpn_channels must be >= 8, got {self.fpn_channels}")
+        if not 0 <= self.trainable_backbone_layers <= 5:
+            raise ConfigError("trainable_backbone_layers must be in 0..5")
+        for head, pi in self.priors.items():
+            if head not in ("cls", "rpn"):
+                raise ConfigError(f"unknown prior head {head!r}: use 'cls' (RetinaNet/FCOS) or 'rpn' (R-CNNs)")
+            if not 0.0 < float(pi) < 1.0:
+                raise ConfigError(f"prior {head}={pi} must be in (0, 1)")
+        if self.method == "baseline" and (self.optimal_init is not None or self.guided_scaling is not None):
+            raise ConfigError("optimal_init/guided_scaling are ablation switches of 'ce'/'sampling_free', not 'baseline'")
+        if self.anchor_base_size < 4:
+            raise ConfigError(f"anchor_base_size must be >= 4, got {self.anchor_base_size}")
+        if self.score_thresh is not None and not 0.0 <= self.score_thresh < 1.0:
+            raise ConfigError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "ModelConfig":
+        data = yaml.safe_load(text) or {}
+        if "model" in data and isinstance(data["model"], dict):
+            data = data["model"]
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
+    data = dict(data)
+    if "priors" in data and data["priors"] is not None:
+        data["priors"] = {str(k): float(v) for k, v in data["priors"].items()}
+    return cls(**data)
+
+
+def load_yaml_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file with a clear error for a missing or malformed one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data

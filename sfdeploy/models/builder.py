@@ -1,0 +1,128 @@
+"""build_model(cfg): a torchvision detector x backbone x training method, exactly as the config describes."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from ..config import FOCAL_PRIOR, ModelConfig
+from ..sampling_free.heads import (
+    SFFCOS,
+    SFFCOSHead,
+    SFRetinaNet,
+    SFRetinaNetHead,
+    UnsampledRoIHeads,
+    UnsampledRPN,
+    set_rpn_prior,
+)
+from .backbones import build_fpn_backbone, input_normalisation
+
+# The authors' fixed priors (their later release), used when a config has no prior estimated from data.
+FIXED_PRIORS = {"retinanet": 1e-5, "fcos": 1e-4, "faster_rcnn": 2e-4, "mask_rcnn": 2e-4}
+# torchvision's RPN objectness bias is 0 (pi = 0.5): the "baseline initialisation" of the R-CNNs.
+RPN_BASELINE_PRIOR = 0.5
+NUM_LEVELS = 5
+
+
+def resolved_prior(cfg: ModelConfig) -> float:
+    """The classifier prior the model is initialised with (the key is 'cls' or 'rpn', see cfg.prior_heads)."""
+    if not cfg.uses_optimal_init:
+        return RPN_BASELINE_PRIOR if cfg.is_two_stage else FOCAL_PRIOR
+    return float(cfg.priors.get(cfg.prior_heads[0], FIXED_PRIORS[cfg.detector]))
+
+
+def retinanet_anchor_generator(base: int) -> AnchorGenerator:
+    sizes = tuple(tuple(int(base * 2**level * 2 ** (k / 3)) for k in range(3)) for level in range(NUM_LEVELS))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * NUM_LEVELS)
+
+
+def rpn_anchor_generator(base: int) -> AnchorGenerator:
+    return AnchorGenerator(tuple((base * 2**level,) for level in range(NUM_LEVELS)), ((0.5, 1.0, 2.0),) * NUM_LEVELS)
+
+
+def fcos_anchor_generator() -> AnchorGenerator:
+    # One point per location; torchvision sizes them as the strides (8..128) and derives scale ranges from them.
+    return AnchorGenerator(tuple((8 * 2**level,) for level in range(NUM_LEVELS)), ((1.0,),) * NUM_LEVELS)
+
+
+def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Module:
+    """Build the detector described by `cfg` (weights: random or the backbone weights named in the config).
+
+    `load_backbone_weights=False` when a checkpoint will supply every weight (see sfdeploy.checkpoint).
+    """
+    backbone = build_fpn_backbone(
+        cfg.backbone,
+        two_stage=cfg.is_two_stage,
+        fpn_channels=cfg.fpn_channels,
+        weights=cfg.backbone_weights,
+        trainable_layers=cfg.trainable_backbone_layers,
+        load_weights=load_backbone_weights,
+    )
+    mean, std = input_normalisation(cfg.backbone)
+    common = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(mean), image_std=list(std))
+    focal = cfg.method == "baseline"
+    guided = cfg.uses_guided_scaling
+    prior = resolved_prior(cfg)
+    score_thresh = cfg.effective_score_thresh
+
+    if cfg.detector == "retinanet":
+        anchors = retinanet_anchor_generator(cfg.anchor_base_size)
+        head = SFRetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
+                               focal=focal, guided=guided, prior=prior)
+        model = SFRetinaNet(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=score_thresh,
+                            nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img, **common)
+        model.box_coder = head.box_coder  # decode with the weights the loss encoded with
+        return model
+
+    if cfg.detector == "fcos":
+        anchors = fcos_anchor_generator()
+        head = SFFCOSHead(backbone.out_channels, 1, cfg.num_classes, focal=focal, guided=guided, prior=prior)
+        return SFFCOS(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=score_thresh,
+                      nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img, **common)
+
+    detector_cls = MaskRCNN if cfg.detector == "mask_rcnn" else FasterRCNN
+    model = detector_cls(
+        backbone,
+        num_classes=cfg.num_classes + 1,  # + background, torchvision's convention for R-CNNs
+        rpn_anchor_generator=rpn_anchor_generator(cfg.anchor_base_size),
+        # The authors' FPN setting: about 1000 proposals per image reach the RoI head, in training and test.
+        rpn_pre_nms_top_n_train=2000,
+        rpn_post_nms_top_n_train=1000,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=1000,
+        box_score_thresh=score_thresh,
+        box_nms_thresh=cfg.nms_thresh,
+        box_detections_per_img=cfg.detections_per_img,
+        **common,
+    )
+    if cfg.method != "baseline":
+        model.rpn = _unsampled_rpn(model.rpn, guided)
+        model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided)
+    if cfg.uses_optimal_init:
+        set_rpn_prior(model.rpn, prior)
+    return model
+
+
+def _unsampled_rpn(rpn, guided: bool) -> UnsampledRPN:  # type: ignore[no-untyped-def]
+    return UnsampledRPN(
+        rpn.anchor_generator, rpn.head,
+        fg_iou_thresh=rpn.proposal_matcher.high_threshold, bg_iou_thresh=rpn.proposal_matcher.low_threshold,
+        batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=rpn.fg_bg_sampler.positive_fraction,
+        pre_nms_top_n=rpn._pre_nms_top_n, post_nms_top_n=rpn._post_nms_top_n,
+        nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh, guided=guided,
+    )
+
+
+def _unsampled_roi_heads(heads, guided: bool) -> UnsampledRoIHeads:  # type: ignore[no-untyped-def]
+    return UnsampledRoIHeads(
+        heads.box_roi_pool, heads.box_head, heads.box_predictor,
+        fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
+        batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=heads.fg_bg_sampler.positive_fraction,
+        bbox_reg_weights=heads.box_coder.weights,
+        score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img,
+        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
+        guided=guided,
+    )
