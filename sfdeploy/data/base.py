@@ -26,7 +26,7 @@ class ImageAnnotation:
     """
 
     image_id: int
-    file_name: str
+    file_name: str  # image file path ("" for generated data)
     width: int
     height: int
     boxes: np.ndarray
@@ -158,7 +158,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         h.update(repr(list(self.class_names)).encode())
         for i in range(len(self)):
             a = self.annotation(i)
-            h.update(f"{a.image_id}|{a.width}|{a.height}|{len(a.boxes)}".encode())
+            # file basename only: moving a data set must not invalidate what was derived from it
+            h.update(f"{a.image_id}|{Path(a.file_name).name}|{a.width}|{a.height}|{len(a.boxes)}".encode())
             for arr in (a.boxes, a.labels, a.iscrowd):
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]

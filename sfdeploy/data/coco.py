@@ -108,7 +108,7 @@ class CocoDataset(DetectionDataset):
             boxes, keep = sanitize_boxes(xyxy, img["width"], img["height"], log)
             kept = [a for a, k in zip(valid, keep) if k]
             self._annotations.append(ImageAnnotation.make(
-                img["id"], img["file_name"], img["width"], img["height"], boxes[keep],
+                img["id"], img["path"], img["width"], img["height"], boxes[keep],
                 [cat_to_label[a["category_id"]] for a in kept], [1 if a.get("iscrowd", 0) else 0 for a in kept]))
             self._paths.append(img["path"])
             self._areas.append(np.array([float(a.get("area", 0.0)) for a in kept], dtype=np.float64))

@@ -46,8 +46,8 @@ class _Scene:
     bg_colours: np.ndarray  # [2,3]
     bg_angle: float
     bg_period: float
-    clutter_lines: np.ndarray  # [K,7]: x0 y0 x1 y1 half-width r g b... (r,g,b in cols 5..7)
-    clutter_blobs: np.ndarray  # [K,7]: cx cy rx ry grey tint
+    clutter_lines: np.ndarray  # [K,8]: x0 y0 x1 y1 half-width r g b
+    clutter_blobs: np.ndarray  # [K,7]: cx cy rx ry grey tint-g tint-b
 
 
 def _crop(cx: float, cy: float, radius: float, width: int, height: int) -> tuple[int, int, int, int] | None:

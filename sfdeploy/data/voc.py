@@ -119,7 +119,7 @@ class VocDataset(DetectionDataset):
             boxes, keep = sanitize_boxes(rec.boxes[known], width, height, log)
             labels = [name_to_label[n] for n, k in zip(rec.names, known) if k]
             self._annotations.append(ImageAnnotation.make(
-                len(self._annotations) + 1, path.name, width, height, boxes[keep], np.asarray(labels)[keep]))
+                len(self._annotations) + 1, str(path), width, height, boxes[keep], np.asarray(labels)[keep]))
             self._paths.append(str(path))
         if not self._annotations:
             raise DataError(f"no images in {self.root} split {split!r}: none of the {len(ids)} listed image files "

@@ -1,0 +1,1 @@
+"""Training, evaluation (COCO AP), prior estimation hooks and distributed runs."""
