@@ -1,0 +1,1 @@
+"""Inference backends (imported lazily by serving.load): torch, onnxruntime, tensorrt."""

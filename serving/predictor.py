@@ -1,0 +1,253 @@
+"""The backend-independent inference API: `Detections` and the `Predictor` base class.
+
+A backend only implements `_infer(tensor [1,3,h,w] float32 in [0,1]) -> {"boxes", "scores", "labels",
+"masks"?}` in input coordinates; loading, resizing, thresholds, coordinate mapping, masks and RLE are shared
+(sfdeploy.processing) so every backend answers the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sfdeploy import processing
+from sfdeploy.config import ModelConfig
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in original-image pixels."""
+
+    boxes: np.ndarray  # float32 [N,4] xyxy
+    scores: np.ndarray  # float32 [N]
+    labels: np.ndarray  # int64 [N], 1..C
+    class_names: list[str]  # per detection
+    masks: np.ndarray | None  # bool [N,H,W] or None
+    image_size: tuple[int, int]  # (H, W)
+    _rle: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(len(self.scores))
+
+    def rle(self) -> list[dict[str, Any]]:
+        """COCO compressed RLE per detection ({"size": [H,W], "counts": str}); [] without masks."""
+        if self.masks is None:
+            return []
+        if self._rle is None:
+            self._rle = processing.masks_to_rle(self.masks)
+        return self._rle
+
+    def to_dict(self, masks: bool = True) -> dict[str, Any]:
+        """JSON-ready: {"image_size": [H,W], "detections": [{"box", "score", "label", "class_name", "mask"?}]}."""
+        rles = self.rle() if masks and self.masks is not None else None
+        items = []
+        for i in range(len(self)):
+            item: dict[str, Any] = {
+                "box": [round(float(v), 2) for v in self.boxes[i]],
+                "score": float(self.scores[i]),
+                "label": int(self.labels[i]),
+                "class_name": self.class_names[i],
+            }
+            if rles is not None:
+                item["mask"] = rles[i]
+            items.append(item)
+        return {"image_size": [int(self.image_size[0]), int(self.image_size[1])], "detections": items}
+
+    def to_coco_results(self, image_id: int, masks: bool = True) -> list[dict[str, Any]]:
+        """COCO results records (category_id == label, bbox xywh, score, segmentation RLE when masks exist)."""
+        xywh = processing.xyxy_to_xywh(self.boxes)
+        rles = self.rle() if masks and self.masks is not None else None
+        out = []
+        for i in range(len(self)):
+            rec: dict[str, Any] = {"image_id": int(image_id), "category_id": int(self.labels[i]),
+                                   "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(self.scores[i])}
+            if rles is not None:
+                rec["segmentation"] = rles[i]
+            out.append(rec)
+        return out
+
+
+# -- artefact metadata --------------------------------------------------------------------------------
+def parse_metadata(props: dict[str, Any]) -> dict[str, Any]:
+    """Decode the contract's metadata_props (JSON strings) into Python values; unknown keys kept as is.
+
+    Returns {"config": dict, "meta": dict, "version", "exporter", "input": dict, "outputs": list,
+    "class_names": list, "detector", "method", "score_thresh", "raw": props}.
+    """
+    def _json(key: str, default: Any) -> Any:
+        value = props.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        return value
+
+    out = {
+        "config": _json("sfdeploy.config", None),
+        "meta": _json("sfdeploy.meta", {}) or {},
+        "version": props.get("sfdeploy.version"),
+        "exporter": props.get("sfdeploy.exporter"),
+        "input": _json("sfdeploy.input", {}) or {},
+        "outputs": _json("sfdeploy.outputs", []) or [],
+        "class_names": _json("class_names", None),
+        "detector": props.get("detector"),
+        "method": props.get("method"),
+        "score_thresh": _json("score_thresh", None),
+        "raw": dict(props),
+    }
+    return out
+
+
+def config_from_metadata(md: dict[str, Any], source: str) -> ModelConfig:
+    from sfdeploy.cli import UserError
+    from sfdeploy.config import ConfigError
+
+    if not isinstance(md.get("config"), dict):
+        raise UserError(f"{source} has no 'sfdeploy.config' metadata; export it with `sfdeploy export`")
+    try:
+        return ModelConfig.from_dict(md["config"])
+    except ConfigError as exc:
+        raise UserError(f"{source}: invalid 'sfdeploy.config' metadata: {exc}") from None
+
+
+# -- predictor -----------------------------------------------------------------------------------------
+class Predictor:
+    """Base class: subclasses set config/metadata/backend/device and implement `_infer`."""
+
+    backend: str = "?"
+
+    def __init__(self, config: ModelConfig, metadata: dict[str, Any], *, source: str, device: str = "cpu",
+                 max_side: int | None = processing.DEFAULT_MAX_SIDE, max_pixels: int | None = None) -> None:
+        self.config = config
+        self.metadata = metadata
+        self.source = source
+        self.device = device
+        self.max_side = max_side
+        self.max_pixels = max_pixels
+        # A predictor may be shared between threads (HTTP server); backends that are not re-entrant use it.
+        self.lock = threading.Lock()
+
+    # -- to implement ----------------------------------------------------------------------------
+    def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    # -- API ---------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names)
+
+    @property
+    def score_thresh(self) -> float:
+        return float(self.config.effective_score_thresh)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict((self.metadata.get("meta") or {}).get("metrics") or {})
+
+    def predict(self, images: Any, score_thresh: float | None = None, max_detections: int | None = None,
+                masks: bool = True) -> Detections | list[Detections]:
+        """One image (path | bytes | PIL | uint8 HWC RGB array | tensor) -> Detections; a list -> list.
+
+        score_thresh defaults to the artefact's (config.effective_score_thresh); batches run one image at a time.
+        """
+        if isinstance(images, (list, tuple)):
+            return [self._predict_one(im, score_thresh, max_detections, masks) for im in images]
+        if _is_batched(images):
+            return [self._predict_one(im, score_thresh, max_detections, masks) for im in images]
+        return self._predict_one(images, score_thresh, max_detections, masks)
+
+    def predict_image(self, image: np.ndarray, score_thresh: float | None = None, max_detections: int | None = None,
+                      masks: bool = True) -> Detections:
+        """Already-decoded uint8 [H,W,3] RGB image -> Detections."""
+        prepared = processing.prepare(image, self.max_side)
+        raw = self._infer(prepared.tensor)
+        thresh = self.score_thresh if score_thresh is None else float(score_thresh)
+        out = processing.postprocess(raw, prepared, score_thresh=thresh, max_detections=max_detections,
+                                     masks=masks and self.config.has_masks)
+        names = self.class_names
+        cls = [names[int(k) - 1] if 1 <= int(k) <= len(names) else str(int(k)) for k in out["labels"]]
+        return Detections(boxes=out["boxes"], scores=out["scores"], labels=out["labels"], class_names=cls,
+                          masks=out["masks"], image_size=prepared.original_size)
+
+    def _predict_one(self, image: Any, score_thresh: float | None, max_detections: int | None,
+                     masks: bool) -> Detections:
+        rgb = processing.load_image(image, max_pixels=self.max_pixels)
+        return self.predict_image(rgb, score_thresh, max_detections, masks)
+
+    def warmup(self, size: int = 320, runs: int = 1) -> None:
+        image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        for _ in range(runs):
+            self.predict_image(image)
+
+    def info(self) -> dict[str, Any]:
+        """What /v1/models shows."""
+        cfg = self.config
+        meta = self.metadata.get("meta") or {}
+        return {
+            "detector": cfg.detector, "method": cfg.method, "backbone": cfg.backbone, "backend": self.backend,
+            "device": self.device, "source": self.source, "class_names": self.class_names,
+            "score_thresh": self.score_thresh, "nms_thresh": cfg.nms_thresh,
+            "detections_per_img": cfg.detections_per_img, "has_masks": cfg.has_masks,
+            "min_size": cfg.min_size, "max_size": cfg.max_size, "metrics": self.metrics,
+            "step": meta.get("step"), "exporter": self.metadata.get("exporter"),
+            "version": self.metadata.get("version"),
+        }
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"{type(self).__name__}({c.detector}/{c.method}/{c.backbone}, backend={self.backend}, {self.source})"
+
+
+def _is_batched(images: Any) -> bool:
+    """A 4-D array/tensor with more than one image is a batch ([B,3,H,W] tensor or [B,H,W,3] array)."""
+    shape = getattr(images, "shape", None)
+    return shape is not None and len(shape) == 4 and int(shape[0]) != 1 and not isinstance(images, (str, bytes))
+
+
+def build_metadata_props(config: ModelConfig, meta: dict[str, Any] | None, *, exporter: str = "torchscript",
+                         batch: str = "1", has_masks: bool | None = None) -> dict[str, str]:
+    """The contract's metadata dict (str -> str) for an artefact of `config` (export may reuse it)."""
+    from sfdeploy import __version__
+
+    masks = config.has_masks if has_masks is None else has_masks
+    outputs = ["boxes", "scores", "labels"] + (["masks"] if masks else [])
+    return {
+        "sfdeploy.config": json.dumps(config.to_dict()),
+        "sfdeploy.meta": json.dumps(_jsonable(meta or {})),
+        "sfdeploy.version": __version__,
+        "sfdeploy.exporter": exporter,
+        "sfdeploy.input": json.dumps({"name": "images", "layout": "NCHW", "dtype": "float32", "range": [0, 1],
+                                      "color": "RGB", "batch": batch}),
+        "sfdeploy.outputs": json.dumps(outputs),
+        "class_names": json.dumps(list(config.class_names)),
+        "detector": config.detector,
+        "method": config.method,
+        "score_thresh": json.dumps(config.effective_score_thresh),
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
+        return x.item()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def checkpoint_metadata(config: ModelConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a checkpoint in the same shape as an exported artefact's (parse_metadata of the props)."""
+    md = parse_metadata(build_metadata_props(config, meta, exporter="none"))
+    md["exporter"] = None
+    return md
+

@@ -1,0 +1,235 @@
+"""HTTP service (FastAPI + uvicorn): /healthz, /v1/models, /v1/detect.
+
+Every bad input is answered with a 4xx JSON body {"error": "..."}: non-image bytes, truncated files, empty
+uploads, decompression bombs and over-size images (413), over-size bodies (413), wrong field names or content
+types (422/415), unknown model (404). Decoding and inference run in worker threads (never on the event loop);
+a per-model semaphore bounds concurrent inferences.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sfdeploy import processing
+
+from .predictor import Predictor
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_CONCURRENCY = 1  # inferences in flight per model (each already uses all cores)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_DETECT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["image"],
+                           "properties": {"image": {"type": "string", "format": "binary"}}},
+            },
+            "application/json": {
+                "schema": {"type": "object", "required": ["image_base64"],
+                           "properties": {"image_base64": {"type": "string",
+                                                           "description": "base64 of the encoded image file"}}},
+            },
+        },
+    },
+}
+
+
+def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS, concurrency: int = DEFAULT_CONCURRENCY) -> FastAPI:
+    """An ASGI app serving `models` (name -> Predictor; the first is the default)."""
+    if not models:
+        raise ValueError("create_app needs at least one model")
+    from sfdeploy import __version__
+
+    app = FastAPI(title="sfdeploy detection service", version=__version__,
+                  description="Sampling-Free object detectors over PyTorch / ONNX Runtime / TensorRT.")
+    default_model = next(iter(models))
+    limiters: dict[str, anyio.CapacityLimiter] = {}
+
+    def limiter(name: str) -> anyio.CapacityLimiter:
+        if name not in limiters:  # created lazily: needs the running event loop
+            limiters[name] = anyio.CapacityLimiter(max(1, concurrency))
+        return limiters[name]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "models": list(models)}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"default": default_model,
+                "models": [{"name": name, **p.info()} for name, p in models.items()]}
+
+    @app.post("/v1/detect", openapi_extra=_DETECT_BODY,
+              summary="Detect objects in one image (multipart field 'image' or JSON 'image_base64')")
+    async def detect(
+        request: Request,
+        threshold: float | None = Query(None, ge=0.0, le=1.0, description="score threshold (default: model's)"),
+        max_detections: int | None = Query(None, ge=0, le=10000),
+        masks: bool = Query(False, description="include COCO RLE instance masks (Mask R-CNN)"),
+        model: str | None = Query(None, description="model name (default: the first loaded)"),
+    ) -> JSONResponse:
+        name = model or default_model
+        if name not in models:
+            raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(models)}")
+        predictor = models[name]
+        data = await _read_image_bytes(request, max_bytes)
+
+        def work() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            try:
+                image = processing.load_image(data, max_pixels=max_pixels, name="image")
+            except processing.ImageTooLargeError as exc:
+                raise ApiError(413, str(exc)) from None
+            except processing.InvalidImageError as exc:
+                raise ApiError(400, str(exc)) from None
+            dets = predictor.predict_image(image, score_thresh=threshold, max_detections=max_detections,
+                                           masks=masks)
+            body = dets.to_dict(masks=masks)
+            body["model"] = name
+            body["time_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
+            return body
+
+        body = await anyio.to_thread.run_sync(work, limiter=limiter(name))
+        return JSONResponse(body)
+
+    return app
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {max_bytes} bytes")
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # lets request.form() / request.json() reuse it
+    return body
+
+
+async def _read_image_bytes(request: Request, max_bytes: int) -> bytes:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # multipart overhead (boundaries, headers) is small; allow it on top of the image limit
+    body = await _read_body(request, max_bytes + 64 * 1024)
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=4, max_fields=16)
+        except Exception as exc:  # malformed multipart
+            raise ApiError(400, f"malformed multipart body: {exc}") from None
+        try:
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                fields = sorted(form.keys())
+                what = "is a text field, not a file" if isinstance(upload, str) else "is missing"
+                raise ApiError(422, f"multipart field 'image' {what}; got fields {fields}")
+            data = await upload.read()
+        finally:
+            await form.close()
+    elif ctype == "application/json":
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "body is not valid JSON") from None
+        if not isinstance(payload, dict) or "image_base64" not in payload:
+            keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+            raise ApiError(422, f"JSON body needs the key 'image_base64'; got {keys}")
+        encoded = payload["image_base64"]
+        if not isinstance(encoded, str):
+            raise ApiError(422, "'image_base64' must be a string")
+        if "," in encoded[:100] and encoded.startswith("data:"):
+            encoded = encoded.split(",", 1)[1]  # data URL
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "'image_base64' is not valid base64") from None
+    else:
+        raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data with "
+                            "a file field 'image', or application/json with 'image_base64'")
+    if len(data) > max_bytes:
+        raise ApiError(413, f"image of {len(data)} bytes is over the limit of {max_bytes} bytes")
+    if not data:
+        raise ApiError(400, "empty image (0 bytes)")
+    return data
+
+
+def load_models(artefacts: list[str], names: list[str] | None = None, backend: str = "auto",
+                device: str | None = None, **kwargs: Any) -> dict[str, Predictor]:
+    """Artefact paths -> {name: Predictor}; names default to the file stems (made unique)."""
+    from pathlib import Path
+
+    from sfdeploy.cli import UserError
+
+    from . import load
+
+    names = list(names or [])
+    if len(names) > len(artefacts):
+        raise UserError(f"{len(names)} --name values for {len(artefacts)} artefacts")
+    out: dict[str, Predictor] = {}
+    for i, path in enumerate(artefacts):
+        name = names[i] if i < len(names) else Path(path).stem
+        base, k = name, 2
+        while name in out:
+            name, k = f"{base}-{k}", k + 1
+        out[name] = load(path, backend=backend, device=device, **kwargs)
+    return out
+
+
+def serve(artefacts: list[str], host: str = "127.0.0.1", port: int = 8000, names: list[str] | None = None,
+          backend: str = "auto", device: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+          max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info") -> None:
+    """Load the artefacts and run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    models = load_models(artefacts, names, backend=backend, device=device)
+    for p in models.values():
+        p.warmup(size=min(p.config.max_size, 320))
+    app = create_app(models, max_bytes=max_bytes, max_pixels=max_pixels)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
