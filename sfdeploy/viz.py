@@ -63,7 +63,7 @@ def draw_detections(image: np.ndarray, detections: Any, score_thresh: float = 0.
         if not show_labels:
             continue
         name = names[i] if names is not None and i < len(names) else str(int(labels[i]))
-        text = f"{name} {scores[i]:.2f}"
+        text = f"{name} {scores[i]:.2g}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         ty = y0 - th - 4 if y0 - th - 4 >= 0 else y0
