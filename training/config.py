@@ -36,7 +36,7 @@ class TrainConfig:
     warmup_steps: int = 100
     warmup_factor: float = 1.0 / 3
     lr_steps: tuple[float, ...] = (2 / 3, 8 / 9)  # fractions of the run where lr drops x0.1 (1x schedule)
-    grad_clip: float | None = 10.0
+    grad_clip: float | None = None  # the authors (maskrcnn-benchmark) do not clip; clipping hits guided heads harder
     amp: bool = False  # CUDA only
     device: str = "auto"
     workers: int = 2

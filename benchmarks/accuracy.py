@@ -1,0 +1,389 @@
+"""Accuracy at equal budget: baseline vs ce vs sampling_free (and the paper's Table III ablation).
+
+Every variant of a detector gets the same backbone, data, schedule, seeds and evaluation threshold; only the training
+method changes. Each run is `training.trainer.train` (metrics.jsonl, result.json in its own folder), evaluated on a
+held-out split with `training.evaluate.evaluate` (COCO AP). Finished runs are reused (delete the folder to rerun).
+
+Variants (`--variants`):
+  baseline       focal loss (one-stage) / biased 256@1:1 + 512@1:3 sampling (two-stage)
+  ce             plain CE over all samples, baseline's prior, no guided scaling        (paper: diverges)
+  ce+init        ce + optimal bias initialisation only                                    (paper: diverges)
+  ce+guided      ce + guided loss scaling only                                            (paper: diverges)
+  sampling_free  ce + optimal init + guided scaling (= the method)
+
+Data sets (`--dataset`):
+  synthetic      built-in scenes: synthetic:N train split, synthetic:M val split (disjoint RNG streams)
+  raccoon        VOC root (default /work/shared/datasets/raccoon), ImageSets train / val; skipped when absent
+  nuclei         instance masks from the stardist wheel's demo image (2D nuclei, 512x512), tiled; the left half
+                 gives the training tiles, the right half the validation tiles (COCO json + PNGs in --cache)
+
+Outcome per run: "completed", "diverged" (the trainer's NaN/explosion detection) or "collapsed" (completed but
+bbox AP < 0.001: no useful detections). Writes OUT.json, OUT.md and OUT_loss_dynamics.png (+ a per-detector plot).
+
+    python benchmarks/accuracy.py --detectors retinanet faster_rcnn --seeds 0 1 --steps 150 --out docs/benchmarks/accuracy_synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {
+    "baseline": {"method": "baseline"},
+    "ce": {"method": "ce"},
+    "ce+init": {"method": "ce", "optimal_init": True},
+    "ce+guided": {"method": "ce", "guided_scaling": True},
+    "sampling_free": {"method": "sampling_free"},
+}
+RACCOON = Path("/work/shared/datasets/raccoon")
+COLLAPSE_AP = 0.001
+
+
+# ------------------------------------------------------------------------------------------------- data sets
+def dataset_specs(args: argparse.Namespace) -> dict | None:
+    """{data, val_data, split, val_split, images_dir} for the trainer, or None when the data set is absent."""
+    if args.dataset == "synthetic":
+        return {"data": f"synthetic:{args.train_images}", "val_data": f"synthetic:{args.val_images}",
+                "split": "train", "val_split": "val", "images_dir": None}
+    if args.dataset == "raccoon":
+        root = Path(args.data_root or RACCOON)
+        if not (root / "ImageSets").is_dir():
+            return None
+        return {"data": str(root), "val_data": str(root), "split": "train", "val_split": "val", "images_dir": None}
+    if args.dataset == "nuclei":
+        made = prepare_nuclei(Path(args.cache))
+        if made is None:
+            return None
+        return {"data": str(made["train"]), "val_data": str(made["val"]), "split": "train", "val_split": "val",
+                "images_dir": None}
+    raise SystemExit(f"unknown dataset {args.dataset}")
+
+
+def find_stardist_demo() -> tuple[Path, Path] | None:
+    """(image, label image) of stardist's bundled 2D nuclei demo, found by path in site-packages."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("stardist")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(list(spec.submodule_search_locations)[0])
+    files = {p.name.lower(): p for p in base.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".png", ".npy")}
+    img = files.get("img2d.tif")
+    lbl = files.get("mask2d.tif") or files.get("lbl2d.tif")
+    return (img, lbl) if img and lbl else None
+
+
+def _read_array(path: Path):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".npz":
+        z = np.load(path)
+        return z[list(z.keys())[0]]
+    try:
+        import tifffile
+
+        return tifffile.imread(str(path))
+    except ImportError:
+        from PIL import Image
+
+        return np.array(Image.open(path))
+
+
+def prepare_nuclei(cache: Path, tile: int = 128) -> dict | None:
+    """Tile the 512x512 nuclei image into tile x tile crops (stride tile/2); left half -> train, right half -> val.
+
+    Instances cut by a tile border keep their visible part (dropped below 20 px). Writes
+    cache/nuclei/{train,val}.json (COCO instances, RLE masks) and PNG tiles; returns the json paths.
+    """
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    out = cache / "nuclei"
+    paths = {"train": out / "train.json", "val": out / "val.json"}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    found = find_stardist_demo()
+    if found is None:
+        return None
+    img = _read_array(found[0]).astype(np.float32)
+    lbl = _read_array(found[1]).astype(np.int64)
+    if img.ndim == 3:
+        img = img[..., 0]
+    lo, hi = np.percentile(img, 1), np.percentile(img, 99.8)
+    img8 = (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    h, w = img8.shape
+    half = w // 2
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for split, (x_start, x_end) in {"train": (0, half), "val": (half, w)}.items():
+        images, anns = [], []
+        stride = tile // 2 if split == "train" else tile  # overlapping train tiles, disjoint val tiles
+        for y in range(0, h - tile + 1, stride):
+            for x in range(x_start, x_end - tile + 1, stride):
+                crop = img8[y:y + tile, x:x + tile]
+                lab = lbl[y:y + tile, x:x + tile]
+                image_id = len(images) + 1
+                name = f"{split}_{y}_{x}.png"
+                Image.fromarray(np.stack([crop] * 3, -1)).save(out / "images" / name)
+                images.append({"id": image_id, "file_name": name, "width": tile, "height": tile})
+                for inst in np.unique(lab):
+                    if inst == 0:
+                        continue
+                    m = lab == inst
+                    if m.sum() < 20:
+                        continue
+                    ys, xs = np.nonzero(m)
+                    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                 "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                                          float(ys.max() - ys.min() + 1)],
+                                 "area": float(m.sum()), "segmentation": rle})
+        coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "nucleus"}],
+                "info": {"source": f"stardist demo {found[0].name} / {found[1].name}, {split} half, tiles {tile}"}}
+        paths[split].write_text(json.dumps(coco))
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, seed: int) -> dict:
+    from sfdeploy.config import ModelConfig
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    out = Path(args.runs) / args.dataset / detector / variant / f"seed{seed}"
+    done = out / "result.json"
+    if done.is_file() and not args.force:
+        res = json.loads(done.read_text())
+    else:
+        model = ModelConfig(detector=detector, backbone=args.backbone, backbone_weights=args.backbone_weights,
+                            min_size=args.size, max_size=args.size, fpn_channels=args.fpn_channels,
+                            score_thresh=args.score_thresh, **VARIANTS[variant])
+        cfg = TrainConfig(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch, seed=seed,
+                          device=args.device, workers=args.workers, warmup_steps=min(100, args.steps // 4),
+                          lr=args.lr, grad_clip=args.grad_clip, tensorboard=False, plots=False, checkpoint_every=10**9, log_every=5,
+                          prior_cache_dir=str(Path(args.cache) / "priors"), **data)
+        t0 = time.time()
+        result = train(cfg, progress=False)
+        res = result.to_dict()
+        res["wall_s"] = round(time.time() - t0, 1)
+        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+    metrics = res.get("final_metrics") or {}
+    bbox = (metrics.get("bbox") or {})
+    ap = bbox.get("AP")
+    outcome = res.get("outcome")
+    if outcome == "completed" and (ap is None or not math.isfinite(ap) or ap < COLLAPSE_AP):
+        outcome = "collapsed"
+    row = {"detector": detector, "variant": variant, "seed": seed, "outcome": outcome, "AP": ap,
+           "AP50": bbox.get("AP50"), "segm_AP": (metrics.get("segm") or {}).get("AP"),
+           "detections": metrics.get("detections"), "steps": res.get("steps"), "diverged_step": res.get("diverged_step"),
+           "diverged_term": res.get("diverged_term"), "message": res.get("message"), "priors": res.get("priors"),
+           "median_step_time_s": res.get("median_step_time_s"), "wall_s": res.get("wall_s"),
+           "metrics_jsonl": str(out / "metrics.jsonl")}
+    print(f"  {detector:12s} {variant:14s} seed {seed}: {outcome:9s} AP {ap}  ({res.get('wall_s')} s)", file=sys.stderr,
+          flush=True)
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["detector"], r["variant"]), []).append(r)
+    out = []
+    for (det, var), rs in groups.items():
+        def stats(key: str) -> tuple[float | None, float | None]:
+            vals = [r[key] for r in rs if r[key] is not None and r["outcome"] != "diverged"]
+            if not vals:
+                return None, None
+            return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+        ap, ap_sd = stats("AP")
+        ap50, ap50_sd = stats("AP50")
+        segm, segm_sd = stats("segm_AP")
+        outcomes = {}
+        for r in rs:
+            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        out.append({"detector": det, "variant": var, "seeds": len(rs), "AP": ap, "AP_sd": ap_sd, "AP50": ap50,
+                    "AP50_sd": ap50_sd, "segm_AP": segm, "segm_AP_sd": segm_sd, "outcomes": outcomes,
+                    "per_seed_AP": [r["AP"] for r in rs]})
+    return out
+
+
+def _f(x: float | None, sd: float | None = None) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
+    m = meta["machine"]
+    s = meta["settings"]
+    lines = [f"Command: `{meta['command']}`  ",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}, load average at start "
+             f"{tuple(round(x, 1) for x in m.get('loadavg', ()))}  ",
+             f"Budget: {s['dataset']} ({meta['data']['data']} -> {meta['data']['val_data']} [{meta['data']['val_split']}]), "
+             f"{s['backbone']} ({s['backbone_weights'] or 'random init'}), FPN {s['fpn_channels']}, image {s['size']}, "
+             f"batch {s['batch']}, {s['steps']} SGD steps, lr {s['lr'] or 'paper lr x batch/16'}, grad clip {s.get('grad_clip')}, eval score threshold "
+             f"{s['score_thresh']} for every variant, seeds {s['seeds']}", "",
+             "| detector | variant | seeds | bbox AP (mean ± sd, %) | AP50 (%) | mask AP (%) | outcomes | per-seed AP (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        per = ", ".join("-" if a is None else f"{100 * a:.1f}" for a in r["per_seed_AP"])
+        oc = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
+        lines.append(f"| {r['detector']} | {r['variant']} | {r['seeds']} | {_f(r['AP'], r['AP_sd'])} | "
+                     f"{_f(r['AP50'], r['AP50_sd'])} | {_f(r['segm_AP'], r['segm_AP_sd'])} | {oc} | {per} |")
+    div = [r for r in rows if r["outcome"] == "diverged"]
+    if div:
+        lines += ["", "Diverged runs: " + "; ".join(
+            f"{r['detector']}/{r['variant']}/seed{r['seed']} at step {r['diverged_step']} ({r['diverged_term']}: "
+            f"{r['message']})" for r in div)]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------- plots
+CLS_KEYS = ("classification", "loss_objectness", "loss_classifier")
+LOC_KEYS = ("bbox_regression", "loss_rpn_box_reg", "loss_box_reg")
+
+
+def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | None:
+    """Per run (label -> metrics.jsonl): classification loss (raw, unscaled CE for guided heads), localisation
+    loss, guided scale g and delta per guided head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.metrics_log import read_metrics
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    any_data = False
+    for label, path in runs.items():
+        if not Path(path).is_file():
+            continue
+        recs = [r for r in read_metrics(path) if r.get("event") == "train"]
+        if not recs:
+            continue
+        any_data = True
+        steps = [r["step"] for r in recs]
+        for key in CLS_KEYS:
+            if key in recs[0]:
+                # guided heads report the scaled loss; plot the raw CE from the guide record
+                ys = []
+                for r in recs:
+                    g = next((v for n, v in (r.get("guide") or {}).items() if _head_matches(n, key)), None)
+                    ys.append(g["loss_cls_raw"] if g else r.get(key))
+                axes[0].plot(steps, ys, label=f"{label}: {key}" + (" (raw)" if recs[0].get("guide") else ""))
+        for key in LOC_KEYS:
+            if key in recs[0]:
+                axes[1].plot(steps, [r.get(key) for r in recs], label=f"{label}: {key}")
+        for name in sorted({n for r in recs for n in (r.get("guide") or {})}):
+            axes[2].plot(steps, [(r.get("guide") or {}).get(name, {}).get("g") for r in recs], label=f"{label}: {name}")
+            axes[3].plot(steps, [(r.get("guide") or {}).get(name, {}).get("delta") for r in recs],
+                         label=f"{label}: {name}")
+    if not any_data:
+        plt.close(fig)
+        return None
+    for ax, t in zip(axes, ("classification loss (unscaled)", "localisation loss", "guided scale g = L_loc / L_cls",
+                            "learnt delta")):
+        ax.set_title(t)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    axes[2].set_yscale("log")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+def _head_matches(guide_name: str, loss_key: str) -> bool:
+    """Map a GuidedLossScaling module name (e.g. 'head.guide', 'rpn.guide', 'roi_heads.guide') to its loss key."""
+    if loss_key == "loss_objectness":
+        return guide_name.startswith("rpn")
+    if loss_key == "loss_classifier":
+        return guide_name.startswith("roi_heads")
+    return guide_name.startswith("head")
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "raccoon", "nuclei"])
+    p.add_argument("--data-root", help="raccoon VOC root (default /work/shared/datasets/raccoon)")
+    p.add_argument("--detectors", nargs="+", default=["retinanet", "faster_rcnn"])
+    p.add_argument("--variants", nargs="+", default=["baseline", "ce", "sampling_free"], choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone-weights", default="imagenet", help="'imagenet', a path, or 'none'")
+    p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None, help="default: the paper's lr scaled by batch/16")
+    p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=10.0,
+                   help="max gradient norm (trainer default 10; 'none' = no clipping, as in the authors' code)")
+    p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
+    p.add_argument("--train-images", type=int, default=200)
+    p.add_argument("--val-images", type=int, default=50)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--runs", default="runs/benchmarks")
+    p.add_argument("--cache", default="runs/benchmarks/cache")
+    p.add_argument("--out", required=True, help="prefix of the JSON/MD/PNG outputs, e.g. docs/benchmarks/accuracy_x")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    args = p.parse_args()
+    if args.backbone_weights in ("none", "None", ""):
+        args.backbone_weights = None
+
+    import torch
+
+    from benchmarks.train_cost import machine_info
+
+    data = dataset_specs(args)
+    if data is None:
+        print(f"dataset {args.dataset} is not available here: skipped", file=sys.stderr)
+        return
+    meta = {"machine": machine_info(), "settings": vars(args), "data": data, "torch_threads": torch.get_num_threads(),
+            "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])}
+    rows: list[dict] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # seed-major order: after each seed every variant has a result, so a time-boxed run stays comparable
+    for seed in args.seeds:
+        for det in args.detectors:
+            for var in args.variants:
+                rows.append(run_one(args, data, det, var, seed))
+                summary = summarise(rows)
+                meta["machine"]["loadavg_end"] = os.getloadavg()
+                out.with_suffix(".json").write_text(json.dumps({**meta, "summary": summary, "runs": rows}, indent=1,
+                                                               default=str))
+                out.with_suffix(".md").write_text(markdown(meta, summary, rows))
+    for det in args.detectors:
+        seed = args.seeds[0]
+        runs = {v: str(Path(args.runs) / args.dataset / det / v / f"seed{seed}" / "metrics.jsonl")
+                for v in args.variants}
+        plot_dynamics(runs, Path(f"{out}_{det}_loss_dynamics.png"),
+                      f"{det} on {args.dataset}, seed {seed}: loss dynamics per variant")
+    print(markdown(meta, summarise(rows), rows))
+
+
+if __name__ == "__main__":
+    main()
