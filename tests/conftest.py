@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: OpenMP threads that busy-wait make any contention (DDP ranks, server threads, a second
+# process) 10-50x slower on a 2-core CI machine (see sfdeploy/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from typing import Any, Callable
 
 import pytest

@@ -1,0 +1,31 @@
+"""Export stage: checkpoints -> ONNX (verified parity), TensorRT engines, Triton model repositories.
+
+Light to import: torch / onnx load only when a function runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["export_onnx", "verify_onnx", "verify_artefact", "check_trt_ops", "build_engine",
+           "write_triton_repository"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "export_onnx":
+        from .onnx import export_onnx
+
+        return export_onnx
+    if name in ("verify_onnx", "verify_artefact"):
+        from . import verify
+
+        return getattr(verify, name)
+    if name in ("check_trt_ops", "build_engine"):
+        from . import tensorrt
+
+        return getattr(tensorrt, name)
+    if name == "write_triton_repository":
+        from .triton import write_triton_repository
+
+        return write_triton_repository
+    raise AttributeError(name)

@@ -1,0 +1,253 @@
+"""Export-only adapters: wrap a torchvision detector for ONNX export and patch torchvision *only while exporting*.
+
+Nothing here changes model code or weights. `export_patches(model, ...)` is a context manager that temporarily
+replaces a few torchvision functions / instance methods and restores every one of them on exit (also on error):
+
+- `torchvision.ops.boxes.batched_nms` (used by RetinaNet, FCOS, the RPN and the RoI heads through `box_ops`):
+  * ``nms="offset"``: branch-free coordinate-offset trick (one NonMaxSuppression over all classes). This is what
+    the TorchScript exporter traces anyway; for the dynamo exporter it removes the data-dependent
+    ``boxes.numel() > 4000`` branch.
+  * ``nms="multiclass"`` (default): one ONNX ``NonMaxSuppression`` with classes on the *class* axis
+    (boxes [1, N, 4], scores [1, C, N], other classes' scores masked to -1), so ONNX Runtime runs NMS per class
+    the way eager PyTorch does on the CPU, and with ``max_output_boxes_per_class`` set to the number of boxes
+    the caller keeps afterwards (``detections_per_img`` for detections, ``post_nms_top_n`` for RPN proposals).
+    The cap is exact: greedy NMS picks boxes in score order, and the caller only keeps the top K overall, so no
+    class can contribute more than K. This removes the ~90k-box single NMS that made two-stage graphs slow.
+- `torchvision.models.detection._utils._topk_min`: returns a plain int when the requested k is statically
+  within the axis size (dynamo), so the proposal top-k is not `Min(1000, u)`.
+- Mask R-CNN: `paste_masks_in_image` gets a vectorised, loop-free version (grid_sample of every mask into its
+  box at once) under the dynamo exporter, whose Python loop cannot be traced over a data-dependent N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NMS_MODES = ("multiclass", "offset")
+_STATE = threading.local()
+_OP_NAMESPACE = "sfdeploy_export"
+_OP_QUALNAME = f"{_OP_NAMESPACE}::multiclass_nms"
+_registered = {"op": False, "ts": set()}
+
+
+# ------------------------------------------------------------------------------------------- adapter module
+class DetectorExportAdapter(nn.Module):
+    """[1, 3, H, W] float tensor in [0, 1] -> (boxes [N,4], scores [N], labels int64 [N] (, masks [N,1,H,W]))."""
+
+    def __init__(self, model: nn.Module, with_masks: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_masks = with_masks
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model([images[0]])[0]
+        result = (out["boxes"], out["scores"], out["labels"].to(torch.int64))
+        if self.with_masks:
+            result = result + (out["masks"],)
+        return result
+
+
+# ------------------------------------------------------------------------------------------- custom NMS op
+def _multiclass_nms_eager(boxes: Tensor, class_scores: Tensor, iou_threshold: float, max_per_class: int) -> Tensor:
+    """Reference: per-class greedy NMS of boxes [N,4] with scores [C,N] (<0 = absent) -> [K, 2] (class, index)."""
+    from torchvision.ops import nms
+
+    rows = []
+    for c in range(class_scores.shape[0]):
+        idx = torch.where(class_scores[c] >= 0)[0]
+        if idx.numel() == 0:
+            continue
+        keep = idx[nms(boxes[idx], class_scores[c, idx], iou_threshold)][:max_per_class]
+        rows.append(torch.stack([torch.full_like(keep, c), keep], dim=1))
+    if not rows:
+        return torch.zeros((0, 2), dtype=torch.int64, device=boxes.device)
+    return torch.cat(rows, 0)
+
+
+def _register_op() -> Any:
+    """Register `sfdeploy_export::multiclass_nms` (a torch custom op) once; returns the op overload."""
+    if not _registered["op"]:
+        lib_op = torch.library.custom_op(_OP_QUALNAME, mutates_args=())(_op_impl)
+
+        @lib_op.register_fake
+        def _fake(boxes: Tensor, class_scores: Tensor, iou_threshold: float, max_per_class: int) -> Tensor:
+            ctx = torch.library.get_ctx()
+            k = ctx.new_dynamic_size()
+            return boxes.new_empty((k, 2), dtype=torch.int64)
+
+        _registered["op"] = True
+    return getattr(getattr(torch.ops, _OP_NAMESPACE), "multiclass_nms").default
+
+
+def _op_impl(boxes: Tensor, class_scores: Tensor, iou_threshold: float, max_per_class: int) -> Tensor:
+    return _multiclass_nms_eager(boxes, class_scores, iou_threshold, max_per_class)
+
+
+def register_torchscript_symbolic(opset: int) -> None:
+    """Let the TorchScript exporter emit one NonMaxSuppression for our custom op."""
+    _register_op()
+    if opset in _registered["ts"]:
+        return
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    @sh.parse_args("v", "v", "f", "i")
+    def _symbolic(g, boxes, class_scores, iou_threshold, max_per_class):  # type: ignore[no-untyped-def]
+        b = g.op("Unsqueeze", boxes, g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64)))
+        s = g.op("Unsqueeze", class_scores, g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64)))
+        out = g.op(
+            "NonMaxSuppression", b, s,
+            g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
+            g.op("Constant", value_t=torch.tensor([-0.5], dtype=torch.float32)),
+        )
+        return g.op("Slice", out, g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([3], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)))
+
+    register_custom_op_symbolic(_OP_QUALNAME, _symbolic, opset)
+    _registered["ts"].add(opset)
+
+
+def dynamo_translation_table() -> dict[Any, Any]:
+    """custom_translation_table entry for torch.onnx.export(dynamo=True)."""
+    overload = _register_op()
+    from onnxscript import opset18 as op
+
+    def _nms_onnx(boxes, class_scores, iou_threshold: float, max_per_class: int):  # type: ignore[no-untyped-def]
+        b = op.Unsqueeze(boxes, [0])
+        s = op.Unsqueeze(class_scores, [0])
+        out = op.NonMaxSuppression(b, s, op.Constant(value_ints=[max_per_class]),
+                                   op.Constant(value_floats=[iou_threshold]), op.Constant(value_floats=[-0.5]))
+        return op.Slice(out, [1], [3], [1])
+
+    return {overload: _nms_onnx}
+
+
+# ------------------------------------------------------------------------------------------- batched NMS
+def _offset_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's coordinate trick without the size branch (also correct for N = 0: max of empty avoided)."""
+    from torchvision.ops import nms
+
+    max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+def _multiclass_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    slots = getattr(_STATE, "slots", None)
+    cap = getattr(_STATE, "cap", None)
+    if slots is None or cap is None:  # a call site we do not know: exact fallback
+        return _offset_batched_nms(boxes, scores, idxs, iou_threshold)
+    op = _register_op()
+    classes = torch.arange(slots, device=boxes.device, dtype=idxs.dtype)
+    class_scores = torch.where(idxs[None, :] == classes[:, None], scores[None, :], torch.full_like(scores, -1.0)[None, :])
+    selected = op(boxes, class_scores, float(iou_threshold), int(cap))
+    keep = selected[:, 1]
+    order = torch.sort(scores[keep], descending=True)[1]
+    return keep[order]
+
+
+@contextlib.contextmanager
+def _call_site(slots: int, cap: int) -> Iterator[None]:
+    old = (getattr(_STATE, "slots", None), getattr(_STATE, "cap", None))
+    _STATE.slots, _STATE.cap = slots, cap
+    try:
+        yield
+    finally:
+        _STATE.slots, _STATE.cap = old
+
+
+def _wrap_method(obj: Any, name: str, slots_fn: Any, cap_fn: Any, stack: contextlib.ExitStack) -> None:
+    original = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with _call_site(slots_fn(*args, **kwargs), cap_fn()):
+            return original(*args, **kwargs)
+
+    setattr(obj, name, wrapped)
+    stack.callback(lambda: obj.__dict__.pop(name, None))  # instance attribute shadowed the class method
+
+
+# ------------------------------------------------------------------------------------------- top-k / masks
+def _static_topk_min(input: Tensor, orig_kval: int, axis: int) -> int:
+    size = input.size(axis)
+    try:
+        if int(size) >= orig_kval:  # static or provably large: plain int, no Min(k, u)
+            return orig_kval
+    except Exception:  # unbacked symbolic size
+        pass
+    return min(orig_kval, size)  # type: ignore[return-value]
+
+
+def paste_masks_vectorised(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:
+    """Loop-free equivalent of torchvision's paste_masks_in_image (bilinear resample of each mask into its box)."""
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+    masks, scale = expand_masks(masks, padding=padding)
+    boxes = expand_boxes(boxes, scale)
+    im_h, im_w = img_shape
+    n = masks.shape[0]
+    x0, y0 = boxes[:, 0:1], boxes[:, 1:2]
+    w = (boxes[:, 2:3] - x0 + 1).clamp(min=1)
+    h = (boxes[:, 3:4] - y0 + 1).clamp(min=1)
+    xs = torch.arange(im_w, device=masks.device, dtype=torch.float32)[None, :] + 0.5
+    ys = torch.arange(im_h, device=masks.device, dtype=torch.float32)[None, :] + 0.5
+    gx = (xs - x0.floor()) / w * 2 - 1  # [N, W]
+    gy = (ys - y0.floor()) / h * 2 - 1  # [N, H]
+    grid = torch.stack([gx[:, None, :].expand(n, im_h, im_w), gy[:, :, None].expand(n, im_h, im_w)], dim=3)
+    pasted = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return pasted
+
+
+# ------------------------------------------------------------------------------------------- context manager
+@contextlib.contextmanager
+def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = False) -> Iterator[None]:
+    """Temporarily adapt torchvision for export of `model` (a torchvision detector in eval mode)."""
+    if nms not in NMS_MODES:
+        raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
+    import torchvision.models.detection._utils as det_utils
+    import torchvision.ops.boxes as box_ops
+
+    with contextlib.ExitStack() as stack:
+        def patch(module: Any, name: str, value: Any) -> None:
+            old = getattr(module, name)
+            setattr(module, name, value)
+            stack.callback(setattr, module, name, old)
+
+        patch(box_ops, "batched_nms", _multiclass_batched_nms if nms == "multiclass" else _offset_batched_nms)
+        if dynamo:
+            patch(det_utils, "_topk_min", _static_topk_min)
+        if nms == "multiclass":
+            _wrap_call_sites(model, stack)
+        if dynamo and getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():
+            import torchvision.models.detection.roi_heads as roi_mod
+
+            patch(roi_mod, "paste_masks_in_image", _paste_masks_dynamo)
+        yield
+
+
+def _paste_masks_dynamo(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:
+    return paste_masks_vectorised(masks, boxes, img_shape, padding=padding)
+
+
+def _wrap_call_sites(model: nn.Module, stack: contextlib.ExitStack) -> None:
+    rpn = getattr(model, "rpn", None)
+    roi = getattr(model, "roi_heads", None)
+    if rpn is not None and roi is not None:
+        _wrap_method(rpn, "filter_proposals", lambda *a, **k: len(a[3] if len(a) > 3 else k["num_anchors_per_level"]),
+                     lambda: int(rpn.post_nms_top_n()), stack)
+        num_classes = roi.box_predictor.cls_score.out_features  # incl. background; labels 1..C
+        _wrap_method(roi, "postprocess_detections", lambda *a, **k: num_classes,
+                     lambda: int(roi.detections_per_img), stack)
+    else:  # RetinaNet / FCOS: 0-based class indices inside postprocess
+        num_classes = model.head.classification_head.num_classes
+        _wrap_method(model, "postprocess_detections", lambda *a, **k: num_classes,
+                     lambda: int(model.detections_per_img), stack)

@@ -1,0 +1,133 @@
+"""`sfdeploy export` and `sfdeploy verify` (light module: torch / onnx are imported inside the handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .formats import FORMATS, check_options, formats_help
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("export", help="export a checkpoint to ONNX / TensorRT / a Triton repository",
+                              description=f"Formats: {formats_help()}.")
+    p.add_argument("checkpoint", help="sfdeploy checkpoint (.pt)")
+    p.add_argument("--format", default="onnx", choices=list(FORMATS), help="artefact format (default onnx)")
+    p.add_argument("--out", required=True, help="output file (.onnx / .engine) or folder (triton)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; dynamo uses >= 18)")
+    p.add_argument("--exporter", default=None, choices=["auto", "torchscript", "dynamo"],
+                   help="torch ONNX exporter; auto = dynamo, falling back to torchscript (default auto)")
+    p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (parity re-checked)")
+    p.add_argument("--fp16", action="store_true", help="TensorRT: build an FP16 engine")
+    p.add_argument("--min-size", type=int, default=None, help="TensorRT profile: smallest image side")
+    p.add_argument("--opt-size", type=int, default=None, help="TensorRT profile: side to optimise for")
+    p.add_argument("--max-size", type=int, default=None, help="TensorRT profile: largest image side")
+    p.add_argument("--model-name", default=None, help="triton: model name (default: the checkpoint's stem)")
+    p.add_argument("--engine", default=None, help="triton: use this TensorRT engine (tensorrt_plan backend)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
+    p.add_argument("--data", default=None, help="extra real images for the parity check (a DATA spec)")
+    p.add_argument("--json", action="store_true", help="print the export result as JSON on stdout")
+    p.set_defaults(handler=_export)
+
+    v = subparsers.add_parser("verify", help="parity of an exported .onnx against its checkpoint",
+                              description="Runs PyTorch and ONNX Runtime on the same images at several sizes.")
+    v.add_argument("artefact", help="exported .onnx file")
+    v.add_argument("--checkpoint", required=True, help="the checkpoint it was exported from")
+    v.add_argument("--data", default=None, help="real images to add (a DATA spec), besides synthetic ones")
+    v.add_argument("--sizes", default="160,256", help="comma-separated image sizes (default 160,256)")
+    v.add_argument("--json", action="store_true", help="JSON report per size on stdout")
+    v.set_defaults(handler=_verify)
+
+
+def _given_options(args: argparse.Namespace) -> set[str]:
+    given = set()
+    if args.opset is not None:
+        given.add("opset")
+    if args.exporter is not None:
+        given.add("exporter")
+    if args.simplify:
+        given.add("simplify")
+    if args.fp16:
+        given.add("fp16")
+    if any(x is not None for x in (args.min_size, args.opt_size, args.max_size)):
+        given.add("sizes")
+    if args.model_name is not None:
+        given.add("model_name")
+    if args.engine is not None:
+        given.add("engine")
+    return given
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sfdeploy.cli import UserError
+
+    check_options(args.format, _given_options(args))
+    from .onnx import DEFAULT_OPSET, export_onnx
+    from .verify import ParityError
+
+    out = Path(args.out)
+    onnx_out = out if args.format == "onnx" else (out.with_suffix(".onnx") if args.format == "tensorrt"
+                                                  else out / "_staging" / "model.onnx")
+    try:
+        res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
+                          exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data)
+    except ParityError as exc:
+        print(exc.report.summary(), file=sys.stderr)
+        if args.json:
+            print(exc.report.to_json())
+        return 1
+    for a in res.attempts:
+        print(f"note: {a}", file=sys.stderr)
+    print(f"exported {res.path} ({res.bytes / 1e6:.1f} MB, {res.exporter}, opset {res.opset}, "
+          f"{res.seconds:.1f} s)", file=sys.stderr)
+    if res.parity is not None:
+        print(res.parity.summary(), file=sys.stderr)
+    payload: dict[str, Any] = res.to_dict()
+    if args.format == "tensorrt":
+        from .tensorrt import build_engine, check_trt_ops
+
+        check = check_trt_ops(res.path)
+        print(check.summary(), file=sys.stderr)
+        if not check.ok:
+            raise UserError(check.summary())
+        engine = build_engine(res.path, out, fp16=args.fp16, min_size=args.min_size or 128,
+                              opt_size=args.opt_size or 640, max_size=args.max_size or 1333)
+        print(f"wrote {engine} and {engine}.json", file=sys.stderr)
+        payload["engine"] = str(engine)
+    elif args.format == "triton":
+        from .triton import write_triton_repository
+
+        if args.engine is not None and not Path(args.engine).is_file():
+            raise FileNotFoundError(f"engine not found: {args.engine}")
+        name = args.model_name or Path(args.checkpoint).stem
+        model_dir = write_triton_repository(res.path, out, model_name=name, engine_path=args.engine)
+        import shutil
+
+        shutil.rmtree(out / "_staging", ignore_errors=True)
+        print(f"wrote Triton model repository {model_dir}", file=sys.stderr)
+        payload["triton_model"] = str(model_dir)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from sfdeploy.cli import UserError
+
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from None
+    if not sizes or min(sizes) < 32:
+        raise UserError("--sizes needs at least one size >= 32")
+    from .verify import verify_artefact
+
+    report = verify_artefact(args.artefact, args.checkpoint, sizes=sizes, data=args.data)
+    print(report.summary(), file=sys.stderr)
+    if args.json:
+        print(json.dumps({"passed": report.passed, "artefact": report.artefact, "tolerances": report.tolerances,
+                          "sizes": report.by_size()}, indent=2))
+    return 0 if report.passed else 1

@@ -1,0 +1,206 @@
+"""Checkpoint -> end-to-end ONNX graph (resize/normalise, detector, NMS inside), metadata, checker, parity."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .verify import DEFAULT_SIZES, ParityError, ParityReport, verify_onnx
+
+EXPORTERS = ("auto", "torchscript", "dynamo")
+DEFAULT_OPSET = 17
+MIN_DYNAMO_OPSET = 18  # torch's dynamo exporter emits opset >= 18
+DUMMY_HW = (192, 160)  # non-square, so no height/width specialisation sneaks into the trace
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    exporter: str
+    opset: int
+    seconds: float
+    bytes: int
+    parity: ParityReport | None = None
+    simplified: bool = False
+    attempts: list[str] = field(default_factory=list)  # "dynamo: <why it was not used>", ...
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "exporter": self.exporter, "opset": self.opset,
+                "seconds": round(self.seconds, 3), "bytes": self.bytes, "simplified": self.simplified,
+                "attempts": self.attempts, "parity": self.parity.to_dict() if self.parity else None}
+
+
+def output_names(config: Any) -> list[str]:
+    return ["boxes", "scores", "labels"] + (["masks"] if config.has_masks else [])
+
+
+def build_metadata(config: Any, meta: dict[str, Any], exporter: str, opset: int, nms: str) -> dict[str, str]:
+    """metadata_props per docs/CONTRACTS.md (all values strings)."""
+    from sfdeploy import __version__
+
+    outs = [{"name": "boxes", "dtype": "float32", "shape": ["N", 4], "format": "xyxy", "units": "input pixels"},
+            {"name": "scores", "dtype": "float32", "shape": ["N"]},
+            {"name": "labels", "dtype": "int64", "shape": ["N"], "range": [1, config.num_classes]}]
+    if config.has_masks:
+        outs.append({"name": "masks", "dtype": "float32", "shape": ["N", 1, "H", "W"], "range": [0, 1]})
+    return {
+        "sfdeploy.config": json.dumps(config.to_dict()),
+        "sfdeploy.meta": json.dumps(meta, default=str),
+        "sfdeploy.version": __version__,
+        "sfdeploy.exporter": exporter,
+        "sfdeploy.opset": str(opset),
+        "sfdeploy.nms": nms,
+        "sfdeploy.input": json.dumps({"name": "images", "layout": "NCHW", "dtype": "float32", "range": [0, 1],
+                                      "color": "RGB", "batch": 1, "shape": [1, 3, "H", "W"]}),
+        "sfdeploy.outputs": json.dumps(outs),
+        "class_names": json.dumps(list(config.class_names)),
+        "detector": config.detector,
+        "method": config.method,
+        "score_thresh": repr(float(config.effective_score_thresh)),
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def _resolve_source(source: Any, config: Any, meta: dict[str, Any] | None) -> tuple[Any, Any, dict[str, Any]]:
+    from torch import nn
+
+    if isinstance(source, nn.Module):
+        if config is None:
+            raise ValueError("export_onnx(model, ...) needs config=ModelConfig")
+        return source.eval(), config, dict(meta or {})
+    from sfdeploy.checkpoint import load_model
+
+    model, ckpt = load_model(source)
+    return model, ckpt.config, dict(ckpt.meta if meta is None else meta)
+
+
+def _export_graph(model: Any, config: Any, out: Path, exporter: str, opset: int, nms: str) -> int:
+    """Write the raw graph; returns the opset actually used."""
+    import torch
+
+    from .adapters import DetectorExportAdapter, dynamo_translation_table, export_patches, register_torchscript_symbolic
+
+    adapter = DetectorExportAdapter(model, config.has_masks).eval()
+    dummy = torch.rand(1, 3, *DUMMY_HW, generator=torch.Generator().manual_seed(0))
+    names = output_names(config)
+    quiet = io.StringIO()
+    with torch.no_grad(), export_patches(model, nms=nms, dynamo=exporter == "dynamo"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            if nms == "multiclass":
+                register_torchscript_symbolic(opset)
+            dyn = {"images": {2: "height", 3: "width"}, **{n: {0: "num_detections"} for n in names}}
+            if config.has_masks:
+                dyn["masks"] = {0: "num_detections", 2: "height", 3: "width"}
+            torch.onnx.export(adapter, (dummy,), str(out), dynamo=False, opset_version=opset, input_names=["images"],
+                              output_names=names, dynamic_axes=dyn, do_constant_folding=True)
+            return opset
+        from torch.export import Dim
+
+        opset = max(opset, MIN_DYNAMO_OPSET)
+        shapes = {"images": {2: Dim("height", min=32, max=4096), 3: Dim("width", min=32, max=4096)}}
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        with redirect_stdout(quiet):
+            prog = torch.onnx.export(adapter, (dummy,), dynamo=True, opset_version=opset, input_names=["images"],
+                                     output_names=names, dynamic_shapes=shapes, verbose=False,
+                                     custom_translation_table=dynamo_translation_table() if nms == "multiclass" else None,
+                                     optimize=True)
+            prog.save(str(out))
+        return opset
+
+
+def _finalise(out: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    m = onnx.load(str(out))
+    del m.metadata_props[:]
+    for k, v in metadata.items():
+        m.metadata_props.add(key=k, value=v)
+    m.producer_name = "sfdeploy"
+    onnx.save(m, str(out))
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def simplify_onnx(path: Path) -> None:
+    import onnx
+    import onnxslim
+
+    m = onnx.load(str(path))
+    props = [(p.key, p.value) for p in m.metadata_props]
+    slim = onnxslim.slim(m)
+    del slim.metadata_props[:]
+    for k, v in props:
+        slim.metadata_props.add(key=k, value=v)
+    onnx.save(slim, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any = None,
+                meta: dict[str, Any] | None = None, opset: int = DEFAULT_OPSET, exporter: str = "auto",
+                nms: str = "multiclass", simplify: bool = False, verify: bool = True,
+                sizes: tuple[int, ...] = DEFAULT_SIZES, data: str | None = None,
+                tolerances: dict[str, float] | None = None) -> ExportResult:
+    """Export a checkpoint path (or an eval-mode model + `config`) to `out_path`.
+
+    exporter: "torchscript" (torch.onnx legacy), "dynamo" (torch.export based, with export-only adapters), or
+    "auto": dynamo first, falling back to torchscript when dynamo fails or misses parity. With verify=True a
+    failed parity raises ParityError (the file is left on disk for inspection); with "auto" the last error wins.
+    """
+    from sfdeploy.cli import UserError
+
+    if exporter not in EXPORTERS:
+        raise UserError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    if not 7 <= opset <= 23:
+        raise UserError(f"opset {opset} unsupported: use 11..23 (default {DEFAULT_OPSET})")
+    model, cfg, meta_d = _resolve_source(checkpoint_or_model, config, meta)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    attempts: list[str] = []
+    last_exc: BaseException | None = None
+    for name in order:
+        t0 = time.perf_counter()
+        try:
+            used_opset = _export_graph(model, cfg, out, name, opset, nms)
+            metadata = build_metadata(cfg, meta_d, name, used_opset, nms)
+            _finalise(out, metadata)
+            seconds = time.perf_counter() - t0
+            report = verify_onnx(out, model, cfg, sizes=sizes, data=data, tolerances=tolerances) if verify else None
+            if report is not None and not report.passed:
+                raise ParityError(report)
+            simplified = False
+            if simplify:
+                simplify_onnx(out)
+                simplified = True
+                if verify:
+                    report = verify_onnx(out, model, cfg, sizes=sizes, data=data, tolerances=tolerances)
+                    if not report.passed:
+                        raise ParityError(report)
+            return ExportResult(path=out, exporter=name, opset=used_opset, seconds=seconds,
+                                bytes=out.stat().st_size, parity=report, simplified=simplified, attempts=attempts,
+                                metadata=metadata)
+        except ParityError as exc:
+            last_exc = exc
+            attempts.append(f"{name}: parity failed")
+        except Exception as exc:  # exporter failure: record one line, try the next exporter
+            last_exc = exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            attempts.append(f"{name}: {type(exc).__name__}: {first[:300]}")
+    assert last_exc is not None
+    if isinstance(last_exc, ParityError):
+        raise last_exc
+    raise UserError(f"ONNX export failed ({'; '.join(attempts)})") from last_exc

@@ -1,0 +1,95 @@
+"""Triton Inference Server model repository from an exported ONNX graph (or a TensorRT engine built from it).
+
+Layout: <out>/<model_name>/config.pbtxt and <out>/<model_name>/1/model.onnx (onnxruntime backend) or
+1/model.plan (tensorrt backend). The graph has an explicit batch dimension of 1, so max_batch_size is 0 and
+dims are written in full ([1, 3, -1, -1]); dynamic batching is only emitted when the ONNX metadata says the
+batch is dynamic (never the case for sfdeploy's detection graphs: torchvision detectors take one image).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+# ONNX TensorProto element type -> Triton DataType
+ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32", 7: "TYPE_INT64",
+                  9: "TYPE_BOOL", 2: "TYPE_UINT8", 3: "TYPE_INT8"}
+
+
+def graph_io(onnx_path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """[(name, data_type, dims)] for inputs and outputs; symbolic or unknown dims become -1."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            out.append({"name": v.name, "data_type": ONNX_TO_TRITON[t.elem_type], "dims": dims})
+        return out
+
+    return io(m.graph.input), io(m.graph.output)
+
+
+def _fix_output_dims(outputs: list[dict[str, Any]], has_masks: bool) -> None:
+    """Graph shape inference may leave data-dependent outputs' ranks or dims unknown; fill in the contract's."""
+    contract = {"boxes": [-1, 4], "scores": [-1], "labels": [-1], "masks": [-1, 1, -1, -1]}
+    for o in outputs:
+        want = contract.get(o["name"])
+        if want is None:
+            continue
+        if len(o["dims"]) != len(want):
+            o["dims"] = list(want)
+        else:
+            o["dims"] = [w if d == -1 else d for d, w in zip(o["dims"], want)]
+
+
+def render_config(name: str, platform: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], *,
+                  max_batch_size: int = 0, instance_count: int = 1, kind: str = "KIND_CPU",
+                  dynamic_batching: bool = False, parameters: dict[str, str] | None = None) -> str:
+    def tensor(t: dict[str, Any]) -> str:
+        return (f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n'
+                f'    dims: [ {", ".join(str(d) for d in t["dims"])} ]\n  }}')
+
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
+             "input [\n" + ",\n".join(tensor(t) for t in inputs) + "\n]",
+             "output [\n" + ",\n".join(tensor(t) for t in outputs) + "\n]",
+             f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {kind}\n  }}\n]"]
+    if dynamic_batching:
+        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 100\n}")
+    for k, v in (parameters or {}).items():
+        lines.append(f'parameters {{\n  key: "{k}"\n  value: {{\n    string_value: {json.dumps(v)}\n  }}\n}}')
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model_name: str | None = None,
+                            engine_path: str | Path | None = None, instance_count: int = 1, version: int = 1) -> Path:
+    """Write the model repository; returns the model folder. `engine_path` -> tensorrt_plan variant (GPU)."""
+    from .onnx import read_metadata
+
+    onnx_path = Path(onnx_path)
+    meta = read_metadata(onnx_path)
+    name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", onnx_path.stem)
+    model_dir = Path(out_dir) / name
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    inputs, outputs = graph_io(onnx_path)
+    _fix_output_dims(outputs, "masks" in [o["name"] for o in outputs])
+    batch = json.loads(meta.get("sfdeploy.input", "{}")).get("batch", 1)
+    dynamic = batch == "dynamic"
+    keep = {k: meta[k] for k in ("class_names", "detector", "method", "score_thresh", "sfdeploy.version",
+                                 "sfdeploy.exporter") if k in meta}
+    if engine_path is not None:
+        shutil.copyfile(engine_path, model_dir / str(version) / "model.plan")
+        platform, kind = "tensorrt_plan", "KIND_GPU"
+    else:
+        shutil.copyfile(onnx_path, model_dir / str(version) / "model.onnx")
+        platform, kind = "onnxruntime_onnx", "KIND_CPU"
+    text = render_config(name, platform, inputs, outputs, max_batch_size=0, instance_count=instance_count,
+                         kind=kind, dynamic_batching=dynamic, parameters=keep)
+    (model_dir / "config.pbtxt").write_text(text)
+    return model_dir
