@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output file (.onnx / .engine) or folder (triton)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; dynamo uses >= 18)")
     p.add_argument("--exporter", default=None, choices=["auto", "torchscript", "dynamo"],
-                   help="torch ONNX exporter; auto = dynamo, falling back to torchscript (default auto)")
+                   help="torch ONNX exporter; auto = torchscript, falling back to dynamo (default auto)")
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (parity re-checked)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: build an FP16 engine")
     p.add_argument("--min-size", type=int, default=None, help="TensorRT profile: smallest image side")

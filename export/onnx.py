@@ -157,7 +157,8 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
     """Export a checkpoint path (or an eval-mode model + `config`) to `out_path`.
 
     exporter: "torchscript" (torch.onnx legacy), "dynamo" (torch.export based, with export-only adapters), or
-    "auto": dynamo first, falling back to torchscript when dynamo fails or misses parity. With verify=True a
+    "auto": torchscript first (it passes parity for all four detectors today), falling back to dynamo when it
+    fails or misses parity. Dynamo first cost minutes per export for a graph that then failed (docs/EXPORT.md). With verify=True a
     failed parity raises ParityError (the file is left on disk for inspection); with "auto" the last error wins.
     """
     from sfdeploy.cli import UserError
@@ -169,7 +170,7 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
     model, cfg, meta_d = _resolve_source(checkpoint_or_model, config, meta)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     attempts: list[str] = []
     last_exc: BaseException | None = None
     for name in order:

@@ -104,9 +104,11 @@ class ModelConfig:
             raise ConfigError(f"need 16 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
         if self.fpn_channels < 8:
             raise ConfigError(f"fpn_channels must be >= 8, got {self.fpn_channels}")
-        if self.detector == "fcos" and self.fpn_channels % 32:
-            # torchvision's FCOS head uses GroupNorm(32, fpn_channels)
-            raise ConfigError(f"fcos needs fpn_channels divisible by 32 (GroupNorm with 32 groups), got {self.fpn_channels}")
+        if self.detector in ONE_STAGE and self.fpn_channels % 32:
+            # the RetinaNet and FCOS heads use GroupNorm(32, fpn_channels)
+            raise ConfigError(
+                f"{self.detector} needs fpn_channels divisible by 32 (GroupNorm with 32 groups), got {self.fpn_channels}"
+            )
         if not 0 <= self.trainable_backbone_layers <= 5:
             raise ConfigError("trainable_backbone_layers must be in 0..5")
         for head, pi in self.priors.items():

@@ -196,6 +196,11 @@ def _efficientnet_lite0(two_stage: bool, channels: int, weights: str | None, tra
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise BackboneError(f"efficientnet_lite0 weights do not match: missing {missing[:2]}, extra {unexpected[:2]}")
+    if weights:
+        # Pretrained statistics must survive detection batches of 2-8 images: freeze BN, as for ResNet.
+        from timm.layers import freeze_batch_norm_2d
+
+        model = freeze_batch_norm_2d(model)
     blocks = list(model.blocks) if hasattr(model, "blocks") else []
     if blocks and trainable_layers < 5:
         stem = nn.ModuleList([model.conv_stem, model.bn1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
@@ -255,7 +256,11 @@ def test_cli_module_is_light():  # type: ignore[no-untyped-def]
 
 # ------------------------------------------------------------------------------------------- dynamo
 @pytest.mark.slow
-@pytest.mark.xfail(reason="dynamo export of RetinaNet still hits a data-dependent branch (TraceError) here", strict=False)
+@pytest.mark.skipif(
+    not os.environ.get("SFDEPLOY_TEST_DYNAMO"),
+    reason="dynamo export is an open item (docs/EXPORT.md): it fails after minutes of tracing; "
+    "set SFDEPLOY_TEST_DYNAMO=1 to run it while working on the adapters",
+)
 def test_dynamo_export_retinanet(checkpoints, tmp_path):  # type: ignore[no-untyped-def]
     from export.onnx import export_onnx, read_metadata
 

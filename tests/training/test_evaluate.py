@@ -196,7 +196,7 @@ def test_evaluate_tiny_untrained_model_returns_all_keys(detector):
     torch.manual_seed(0)
     cfg = ModelConfig(detector=detector, method="sampling_free", backbone="resnet18",
                       class_names=["circle", "square", "triangle", "star"], min_size=64, max_size=64,
-                      fpn_channels=16)
+                      fpn_channels=32)
     ds = build_dataset("synthetic:3", split="val", transforms=eval_transforms(64, 64), with_masks=cfg.has_masks)
     metrics = evaluate(build_model(cfg), ds, progress=False)
     types = ["bbox", "segm"] if cfg.has_masks else ["bbox"]
@@ -238,7 +238,7 @@ def test_eval_cli_json_and_table(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = ModelConfig(detector="retinanet", method="baseline", backbone="resnet18",
                       class_names=["circle", "square", "triangle", "star"], min_size=64, max_size=64,
-                      fpn_channels=16)
+                      fpn_channels=32)
     path = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg, meta={"step": 3})
     rc = _eval_main(["eval", str(path), "--data", "synthetic:4", "--max-images", "2", "--json", "--device", "cpu"])
     out, err = capsys.readouterr()
