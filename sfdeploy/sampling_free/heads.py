@@ -81,8 +81,10 @@ class SFRetinaNetHead(RetinaNetHead):
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int, *, focal: bool, guided: bool,
                  prior: float) -> None:
         # GroupNorm in the 4-conv towers (torchvision's RetinaNet v2): with std-0.01 convs and no norm the signal
-        # shrinks ~4x per layer and short CPU schedules barely move the head.
-        super().__init__(in_channels, num_anchors, num_classes, norm_layer=partial(nn.GroupNorm, 32))
+        # shrinks ~4x per layer and short CPU schedules barely move the head. 32 groups, but at least 2 channels
+        # per group so that a 1x1 P7 map (small inputs) still has more than one value per group.
+        groups = min(32, in_channels // 2)
+        super().__init__(in_channels, num_anchors, num_classes, norm_layer=partial(nn.GroupNorm, groups))
         init_prior_bias(self.classification_head.cls_logits, prior)
         self.box_coder = det_utils.BoxCoder(weights=RETINANET_BOX_WEIGHTS)
         self.regression_head.box_coder = self.box_coder

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DETECTORS
+from sfdeploy.config import DETECTORS
 
 # Triton ModelConfig (model_config.proto) fields used by a model repository config, as data:
 # field -> type; "msg" = nested message, "list[msg]" = repeated message, "enum:<allowed>" = enum value.

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DETECTORS
+from sfdeploy.config import DETECTORS
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
