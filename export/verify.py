@@ -206,7 +206,13 @@ def compare_detections(name: str, size: tuple[int, int], ref: dict[str, np.ndarr
     def borderline(scores: np.ndarray) -> np.ndarray:
         return scores <= border_lo
 
-    n_border = int(borderline(rs[un_ref]).sum() + borderline(gs[un_got]).sum())
+    # Among (near-)tied scores NMS may keep a different member of the tie in each runtime: an unmatched
+    # detection whose twin (same label, same score within tolerance) is unmatched on the other side is a swap.
+    swap_ref = np.array([np.any((gl[un_got] == rl[i]) & (np.abs(gs[un_got] - rs[i]) <= tol["score"]))
+                         for i in un_ref], dtype=bool)
+    swap_got = np.array([np.any((rl[un_ref] == gl[j]) & (np.abs(rs[un_ref] - gs[j]) <= tol["score"]))
+                         for j in un_got], dtype=bool)
+    n_border = int((borderline(rs[un_ref]) | swap_ref).sum() + (borderline(gs[un_got]) | swap_got).sum())
     n_bad = len(un_ref) + len(un_got) - n_border
     if n_bad:
         reasons.append(f"{n_bad} unmatched detections above the threshold/cut (torch {len(rb)}, onnx {len(gb)})")
