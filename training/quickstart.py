@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .evaluate_cli import _positive
+
 DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 METHODS = ("baseline", "sampling_free")
@@ -78,16 +80,6 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(handler=run_quickstart)
     return p
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
