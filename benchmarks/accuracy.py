@@ -168,16 +168,27 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
 
     out = Path(args.runs) / args.dataset / detector / variant / f"seed{seed}"
     done = out / "result.json"
-    if done.is_file() and not args.force:
+    model = ModelConfig(detector=detector, backbone=args.backbone, backbone_weights=args.backbone_weights,
+                        min_size=args.size, max_size=args.size, fpn_channels=args.fpn_channels,
+                        score_thresh=args.score_thresh, **VARIANTS[variant])
+    cfg = TrainConfig(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch, seed=seed,
+                      device=args.device, workers=args.workers, warmup_steps=min(args.warmup, args.steps // 4),
+                      lr=args.lr, grad_clip=args.grad_clip, tensorboard=False, plots=False, checkpoint_every=10**9,
+                      log_every=5, prior_cache_dir=str(Path(args.cache) / "priors"), **data)
+    # a finished run is reused only when it was trained with exactly these settings
+    settings = json.dumps({"model": model.to_dict(), "max_steps": cfg.max_steps, "batch": cfg.batch_size,
+                           "lr": cfg.lr, "warmup": cfg.warmup_steps, "clip": cfg.grad_clip, "data": data}, sort_keys=True,
+                          default=str)
+    stamp = out / "benchmark_settings.json"
+    if done.is_file() and not args.force and stamp.is_file() and stamp.read_text() == settings:
         res = json.loads(done.read_text())
     else:
-        model = ModelConfig(detector=detector, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                            min_size=args.size, max_size=args.size, fpn_channels=args.fpn_channels,
-                            score_thresh=args.score_thresh, **VARIANTS[variant])
-        cfg = TrainConfig(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch, seed=seed,
-                          device=args.device, workers=args.workers, warmup_steps=min(100, args.steps // 4),
-                          lr=args.lr, grad_clip=args.grad_clip, tensorboard=False, plots=False, checkpoint_every=10**9, log_every=5,
-                          prior_cache_dir=str(Path(args.cache) / "priors"), **data)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)  # stale or unfinished: start clean (no resume across different settings)
+        out.mkdir(parents=True)
+        stamp.write_text(settings)
         t0 = time.time()
         result = train(cfg, progress=False)
         res = result.to_dict()
@@ -338,8 +349,9 @@ def main() -> None:
     p.add_argument("--backbone-weights", default="imagenet", help="'imagenet', a path, or 'none'")
     p.add_argument("--fpn-channels", type=int, default=256)
     p.add_argument("--lr", type=float, default=None, help="default: the paper's lr scaled by batch/16")
-    p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=10.0,
-                   help="max gradient norm (trainer default 10; 'none' = no clipping, as in the authors' code)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (at most a quarter of --steps)")
+    p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,
+                   help="max gradient norm; default none (no clipping), the trainer's and the authors' setting")
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
     p.add_argument("--train-images", type=int, default=200)
     p.add_argument("--val-images", type=int, default=50)

@@ -13,8 +13,21 @@ replaces a few torchvision functions / instance methods and restores every one o
     the caller keeps afterwards (``detections_per_img`` for detections, ``post_nms_top_n`` for RPN proposals).
     The cap is exact: greedy NMS picks boxes in score order, and the caller only keeps the top K overall, so no
     class can contribute more than K. This removes the ~90k-box single NMS that made two-stage graphs slow.
-- `torchvision.models.detection._utils._topk_min`: returns a plain int when the requested k is statically
-  within the axis size (dynamo), so the proposal top-k is not `Min(1000, u)`.
+- `torchvision.models.detection._utils._topk_min` (dynamo only): `torch.sym_min(k, size)` instead of Python's
+  `min`, which records a guard on the example's anchor count and breaks the graph for smaller images.
+- `torchvision.models.detection.transform._resize_image_and_masks` (dynamo only): the eager code takes
+  `min(h, w)` with Python's `min`, which makes the tracer record a guard such as `h > w` and silently specialise the
+  graph on the example's orientation (landscape images then came out wrongly scaled). The replacement computes the
+  same scale with `torch.sym_min` / `torch.sym_max`, which stay symbolic.
+- `torchvision.ops.poolers._multiscale_roi_align` (dynamo only): the eager code sizes its output with `len(rois)`,
+  which demands a concrete int from the data-dependent number of proposals (`Min(1000, u)`); the replacement
+  uses `rois.shape[0]` (stays symbolic) and is otherwise the eager code (per-level RoIAlign, scattered back).
+- `torchvision.models.detection._utils.BoxCoder.decode` (dynamo only): `if box_sum > 0` branches on the
+  data-dependent number of proposals; it only guards an ambiguous `reshape(0, -1)`, so the replacement reshapes
+  with the static column count instead (identical results for N > 0, empty outputs for N = 0).
+- `MultiScaleRoIAlign` infers its level scales lazily on the first call with `float(torch.tensor(...))`, which under
+  the tracer specialises the graph on the example's size. With `example=` the scales are computed eagerly from the
+  example first (the values eager inference would cache; they depend only on the FPN strides) and reset on exit.
 - Mask R-CNN: `paste_masks_in_image` gets a vectorised, loop-free version (grid_sample of every mask into its
   box at once) under the dynamo exporter, whose Python loop cannot be traced over a data-dependent N.
 """
@@ -22,6 +35,7 @@ replaces a few torchvision functions / instance methods and restores every one o
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -177,14 +191,12 @@ def _wrap_method(obj: Any, name: str, slots_fn: Any, cap_fn: Any, stack: context
 
 
 # ------------------------------------------------------------------------------------------- top-k / masks
-def _static_topk_min(input: Tensor, orig_kval: int, axis: int) -> int:
+def _static_topk_min(input: Tensor, orig_kval: int, axis: int) -> Any:
+    """min(k, size) without a guard: Python's min on a symbolic size specialises the graph on the example's size."""
     size = input.size(axis)
-    try:
-        if int(size) >= orig_kval:  # static or provably large: plain int, no Min(k, u)
-            return orig_kval
-    except Exception:  # unbacked symbolic size
-        pass
-    return min(orig_kval, size)  # type: ignore[return-value]
+    if isinstance(size, int):
+        return min(orig_kval, size)
+    return torch.sym_min(orig_kval, size)
 
 
 def paste_masks_vectorised(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:
@@ -209,8 +221,11 @@ def paste_masks_vectorised(masks: Tensor, boxes: Tensor, img_shape: tuple[int, i
 
 # ------------------------------------------------------------------------------------------- context manager
 @contextlib.contextmanager
-def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = False) -> Iterator[None]:
-    """Temporarily adapt torchvision for export of `model` (a torchvision detector in eval mode)."""
+def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = False,
+                   example: Tensor | None = None) -> Iterator[None]:
+    """Temporarily adapt torchvision for export of `model` (a torchvision detector in eval mode).
+
+    example: a [1, 3, H, W] input; with dynamo=True it primes the RoI poolers' lazily computed scales."""
     if nms not in NMS_MODES:
         raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
     import torchvision.models.detection._utils as det_utils
@@ -224,14 +239,99 @@ def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = 
 
         patch(box_ops, "batched_nms", _multiclass_batched_nms if nms == "multiclass" else _offset_batched_nms)
         if dynamo:
+            import torchvision.models.detection.transform as transform_mod
+
             patch(det_utils, "_topk_min", _static_topk_min)
+            patch(transform_mod, "_resize_image_and_masks",
+                  _symbolic_resize(transform_mod._resize_image_and_masks))
+            patch(transform_mod.GeneralizedRCNNTransform, "batch_images", _symbolic_batch_images)
+            import torchvision.ops.poolers as poolers_mod
+
+            patch(poolers_mod, "_multiscale_roi_align", _symbolic_multiscale_roi_align)
+            patch(det_utils.BoxCoder, "decode", _branch_free_decode)
+            if example is not None:
+                _prime_roi_pools(model, example, stack)
         if nms == "multiclass":
             _wrap_call_sites(model, stack)
         if dynamo and getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():
             import torchvision.models.detection.roi_heads as roi_mod
 
+            import torchvision.models.detection.transform as transform_mod
+
             patch(roi_mod, "paste_masks_in_image", _paste_masks_dynamo)
+            patch(transform_mod, "paste_masks_in_image", _paste_masks_dynamo)  # imported by name there
         yield
+
+
+def _symbolic_resize(original: Any) -> Any:
+    def resize(image: Tensor, self_min_size: int, self_max_size: int, target: dict[str, Tensor] | None = None,
+               fixed_size: tuple[int, int] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        if target is not None or fixed_size is not None:  # training / fixed-size models: the original path
+            return original(image, self_min_size, self_max_size, target, fixed_size)
+        h, w = image.shape[-2:]
+        scale = torch.sym_min(self_min_size / torch.sym_min(h, w), self_max_size / torch.sym_max(h, w))
+        size = [math.floor(torch.sym_float(h) * scale), math.floor(torch.sym_float(w) * scale)]
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        return image, target
+
+    return resize
+
+
+def _prime_roi_pools(model: nn.Module, example: Tensor, stack: contextlib.ExitStack) -> None:
+    from torchvision.ops.poolers import MultiScaleRoIAlign, _filter_input, _setup_scales
+
+    pools = [m for m in model.modules() if isinstance(m, MultiScaleRoIAlign) and m.scales is None]
+    if not pools:
+        return
+    with torch.no_grad():
+        images, _ = model.transform([example[0]])
+        features = model.backbone(images.tensors)
+    for pool in pools:
+        pool.scales, pool.map_levels = _setup_scales(_filter_input(features, pool.featmap_names), images.image_sizes,
+                                                     pool.canonical_scale, pool.canonical_level)
+        stack.callback(setattr, pool, "map_levels", None)
+        stack.callback(setattr, pool, "scales", None)
+
+
+def _symbolic_batch_images(self: Any, images: list[Tensor], size_divisible: int = 32) -> Tensor:
+    """Pad to a multiple of size_divisible with integer ceil (the eager code's int(math.ceil(float)) specialises)."""
+    s = int(size_divisible)
+    height = images[0].shape[-2]
+    width = images[0].shape[-1]
+    for img in images[1:]:
+        height, width = torch.sym_max(height, img.shape[-2]), torch.sym_max(width, img.shape[-1])
+    height, width = (height + s - 1) // s * s, (width + s - 1) // s * s
+    return torch.stack([F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2])) for img in images])
+
+
+def _symbolic_multiscale_roi_align(x_filtered: list[Tensor], boxes: list[Tensor], output_size: list[int],
+                                   sampling_ratio: int, scales: list[float] | None, mapper: Any) -> Tensor:
+    from torchvision.ops import roi_align
+    from torchvision.ops.poolers import _convert_to_roi_format
+
+    if scales is None or mapper is None:
+        raise ValueError("scales and mapper should not be None")
+    rois = _convert_to_roi_format(boxes)
+    if len(x_filtered) == 1:
+        return roi_align(x_filtered[0], rois, output_size=output_size, spatial_scale=scales[0],
+                         sampling_ratio=sampling_ratio)
+    levels = mapper(boxes)
+    result = x_filtered[0].new_zeros((rois.shape[0], x_filtered[0].shape[1], *output_size))
+    for level, (feature, scale) in enumerate(zip(x_filtered, scales)):
+        idx = torch.where(levels == level)[0]
+        pooled = roi_align(feature, rois[idx], output_size=output_size, spatial_scale=scale,
+                           sampling_ratio=sampling_ratio)
+        result = result.index_put((idx,), pooled.to(result.dtype))
+    return result
+
+
+def _branch_free_decode(self: Any, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+    concat_boxes = torch.cat(boxes, dim=0)
+    n = concat_boxes.shape[0]
+    if rel_codes.dim() != 2:  # torchvision's callers pass [N, K*4] already; keep the eager reshape otherwise
+        rel_codes = rel_codes.reshape(n, -1)
+    pred_boxes = self.decode_single(rel_codes, concat_boxes)
+    return pred_boxes.reshape(n, pred_boxes.shape[-1] // 4, 4)
 
 
 def _paste_masks_dynamo(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:

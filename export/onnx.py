@@ -98,7 +98,8 @@ def _export_graph(model: Any, config: Any, out: Path, exporter: str, opset: int,
     dummy = torch.rand(1, 3, *DUMMY_HW, generator=torch.Generator().manual_seed(0))
     names = output_names(config)
     quiet = io.StringIO()
-    with torch.no_grad(), export_patches(model, nms=nms, dynamo=exporter == "dynamo"), warnings.catch_warnings():
+    with torch.no_grad(), export_patches(model, nms=nms, dynamo=exporter == "dynamo", example=dummy), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             if nms == "multiclass":
@@ -113,10 +114,12 @@ def _export_graph(model: Any, config: Any, out: Path, exporter: str, opset: int,
 
         opset = max(opset, MIN_DYNAMO_OPSET)
         shapes = {"images": {2: Dim("height", min=32, max=4096), 3: Dim("width", min=32, max=4096)}}
+        # torch.export (non-strict) first, so that its error, not the ONNX wrapper's fallback chain, is reported
+        program = torch.export.export(adapter, (dummy,), dynamic_shapes=shapes, strict=False)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         with redirect_stdout(quiet):
-            prog = torch.onnx.export(adapter, (dummy,), dynamo=True, opset_version=opset, input_names=["images"],
-                                     output_names=names, dynamic_shapes=shapes, verbose=False,
+            prog = torch.onnx.export(program, (dummy,), dynamo=True, opset_version=opset, input_names=["images"],
+                                     output_names=names, verbose=False,
                                      custom_translation_table=dynamo_translation_table() if nms == "multiclass" else None,
                                      optimize=True)
             prog.save(str(out))

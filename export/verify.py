@@ -125,7 +125,8 @@ def ort_session(path: str | Path, threads: int | None = None, profile_prefix: st
 def parity_images(sizes: tuple[int, ...] = DEFAULT_SIZES, data: str | None = None, max_real: int = 2
                   ) -> list[tuple[str, np.ndarray]]:
     """(name, float32 [3,H,W] in [0,1]) images: synthetic scenes (+ real ones from `data`) + a blank image,
-    each resized to H = size, W = round(0.75 * size) and to a square size (so both orientations are covered)."""
+    each resized to a square, a portrait (W = 0.75 H) or a landscape (W = 1.33 H) shape, cycling, so that an exporter
+    that specialised on one orientation (the dynamo tracer records guards such as H > W) is caught."""
     import torch
     import torch.nn.functional as F
 
@@ -142,9 +143,10 @@ def parity_images(sizes: tuple[int, ...] = DEFAULT_SIZES, data: str | None = Non
         base += [("shapes0", _shapes_image(0)), ("shapes1", _shapes_image(1))]
     base.append(("blank", np.full((3, 64, 64), 0.5, dtype=np.float32)))
     out = []
-    for s in sizes:
+    for j, s in enumerate(sizes):
+        short = max(32, int(round(s * 0.75)))
         for k, (name, img) in enumerate(base):
-            hw = (s, s) if k % 2 == 0 else (s, max(32, int(round(s * 0.75))))
+            hw = [(s, s), (s, short), (short, s)][(k + j) % 3]
             t = F.interpolate(torch.from_numpy(img)[None], size=hw, mode="bilinear", align_corners=False)[0]
             out.append((f"{name}@{hw[0]}x{hw[1]}", t.clamp(0, 1).numpy().astype(np.float32)))
     return out

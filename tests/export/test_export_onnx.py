@@ -99,15 +99,76 @@ def test_adapters_restore_torchvision(checkpoints):  # type: ignore[no-untyped-d
     from export.adapters import export_patches
     from sfdeploy.checkpoint import load_model
 
+    import torchvision.models.detection.transform as transform_mod
+
     model, _ = load_model(checkpoints["faster_rcnn"])
-    before = (box_ops.batched_nms, det_utils._topk_min)
+    import torchvision.ops.poolers as poolers_mod
+
+    T = transform_mod.GeneralizedRCNNTransform
+    before = (box_ops.batched_nms, det_utils._topk_min, transform_mod._resize_image_and_masks, T.batch_images,
+              poolers_mod._multiscale_roi_align, det_utils.BoxCoder.decode)
     with pytest.raises(RuntimeError):
         with export_patches(model, nms="multiclass", dynamo=True):
             assert box_ops.batched_nms is not before[0]
+            assert transform_mod._resize_image_and_masks is not before[2] and T.batch_images is not before[3]
+            assert poolers_mod._multiscale_roi_align is not before[4] and det_utils.BoxCoder.decode is not before[5]
             assert "filter_proposals" in model.rpn.__dict__
             raise RuntimeError("boom")
-    assert (box_ops.batched_nms, det_utils._topk_min) == before
+    assert (box_ops.batched_nms, det_utils._topk_min, transform_mod._resize_image_and_masks, T.batch_images,
+            poolers_mod._multiscale_roi_align, det_utils.BoxCoder.decode) == before
     assert "filter_proposals" not in model.rpn.__dict__ and "postprocess_detections" not in model.roi_heads.__dict__
+
+
+@pytest.mark.parametrize("hw", [(100, 300), (300, 100), (97, 97), (480, 640), (1000, 31)])
+@pytest.mark.parametrize("min_max", [(128, 128), (800, 1333)])
+def test_symbolic_transform_adapters_match_torchvision(hw, min_max):  # type: ignore[no-untyped-def]
+    """The dynamo-only resize / padding rewrites compute exactly what torchvision computes in eager mode."""
+    import torch
+    import torchvision.models.detection.transform as transform_mod
+
+    from export.adapters import _symbolic_batch_images, _symbolic_resize
+
+    img = torch.rand(3, *hw, generator=torch.Generator().manual_seed(0))
+    ref, _ = transform_mod._resize_image_and_masks(img, min_max[0], min_max[1])
+    got, _ = _symbolic_resize(transform_mod._resize_image_and_masks)(img, min_max[0], min_max[1])
+    assert got.shape == ref.shape and torch.equal(got, ref)
+    t = transform_mod.GeneralizedRCNNTransform(min_max[0], min_max[1], [0.0] * 3, [1.0] * 3)
+    other = torch.rand(3, hw[1], hw[0])
+    assert torch.equal(_symbolic_batch_images(t, [ref, other]), t.batch_images([ref, other]))
+
+
+def test_symbolic_multiscale_roi_align_matches_torchvision():  # type: ignore[no-untyped-def]
+    import torch
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops import poolers as poolers_mod
+
+    from export.adapters import _symbolic_multiscale_roi_align
+
+    g = torch.Generator().manual_seed(0)
+    feats = {k: torch.rand(1, 4, 256 // 2**i, 192 // 2**i, generator=g) for i, k in enumerate(["0", "1", "2", "3"])}
+    xy = torch.rand(300, 2, generator=g) * 100
+    boxes = [torch.cat([xy, xy + 2 + torch.rand(300, 2, generator=g) * 900], 1)]  # small to large: every level
+    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    ref = pool(feats, boxes, [(1024, 768)])
+    assert len(set(pool.map_levels(boxes).tolist())) == 4
+    got = _symbolic_multiscale_roi_align(list(feats.values()), boxes, pool.output_size, 2, pool.scales,
+                                         pool.map_levels)
+    assert torch.equal(got, ref) and poolers_mod._multiscale_roi_align is not _symbolic_multiscale_roi_align
+
+
+def test_branch_free_decode_matches_torchvision():  # type: ignore[no-untyped-def]
+    import torch
+    from torchvision.models.detection._utils import BoxCoder
+
+    from export.adapters import _branch_free_decode
+
+    g = torch.Generator().manual_seed(0)
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    xy = torch.rand(50, 2, generator=g) * 100
+    proposals = [torch.cat([xy[:30], xy[:30] + 20], 1), torch.cat([xy[30:], xy[30:] + 5], 1)]
+    codes = torch.randn(50, 5 * 4, generator=g)
+    assert torch.equal(_branch_free_decode(coder, codes, proposals), coder.decode(codes, proposals))
+    assert _branch_free_decode(coder, codes[:0], [proposals[0][:0]]).shape == (0, 5, 4)
 
 
 def test_multiclass_nms_matches_torchvision():  # type: ignore[no-untyped-def]
