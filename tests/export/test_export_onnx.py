@@ -156,6 +156,25 @@ def test_symbolic_multiscale_roi_align_matches_torchvision():  # type: ignore[no
     assert torch.equal(got, ref) and poolers_mod._multiscale_roi_align is not _symbolic_multiscale_roi_align
 
 
+@pytest.mark.parametrize("hw", [(160, 120), (97, 211)])
+def test_loop_free_mask_paste_matches_torchvision(hw):  # type: ignore[no-untyped-def]
+    """Boxes partly outside the image, sub-pixel and large boxes: same pasted masks as torchvision's loop."""
+    import torch
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from export.adapters import paste_masks_vectorised
+
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([hw[1], hw[0]]) - 15
+    boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 150 + 0.2], 1)
+    masks = torch.rand(40, 1, 28, 28, generator=g)
+    ref = paste_masks_in_image(masks, boxes, hw)
+    got = paste_masks_vectorised(masks, boxes, hw)
+    assert got.shape == ref.shape == (40, 1, *hw)
+    assert torch.allclose(got, ref, atol=1e-4) and (ref > 0).any()
+    assert paste_masks_vectorised(masks[:0], boxes[:0], hw).shape == (0, 1, *hw)
+
+
 def test_branch_free_decode_matches_torchvision():  # type: ignore[no-untyped-def]
     import torch
     from torchvision.models.detection._utils import BoxCoder
