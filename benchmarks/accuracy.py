@@ -194,6 +194,7 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
         res = result.to_dict()
         res["wall_s"] = round(time.time() - t0, 1)
         (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+    test = test_metrics(args, out, res)
     metrics = res.get("final_metrics") or {}
     bbox = (metrics.get("bbox") or {})
     ap = bbox.get("AP")
@@ -205,10 +206,34 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
            "detections": metrics.get("detections"), "steps": res.get("steps"), "diverged_step": res.get("diverged_step"),
            "diverged_term": res.get("diverged_term"), "message": res.get("message"), "priors": res.get("priors"),
            "median_step_time_s": res.get("median_step_time_s"), "wall_s": res.get("wall_s"),
-           "metrics_jsonl": str(out / "metrics.jsonl")}
+           "metrics_jsonl": str(out / "metrics.jsonl"),
+           "test_AP": ((test or {}).get("bbox") or {}).get("AP"), "test_AP50": ((test or {}).get("bbox") or {}).get("AP50"),
+           "test_segm_AP": ((test or {}).get("segm") or {}).get("AP")}
     print(f"  {detector:12s} {variant:14s} seed {seed}: {outcome:9s} AP {ap}  ({res.get('wall_s')} s)", file=sys.stderr,
           flush=True)
     return row
+
+
+def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
+    """COCO metrics of the final checkpoint on the synthetic *test* split (never used for any choice: the val split
+    picked the quickstart's lr, so val AP is reported next to it but the headline is test AP). Cached per run."""
+    if args.dataset != "synthetic" or not args.test_images or res.get("outcome") == "diverged":
+        return None
+    ckpt = out / "last.pt"
+    if not ckpt.is_file():
+        return None
+    key = f"synthetic:{args.test_images}[test]|{ckpt.stat().st_size}|{ckpt.stat().st_mtime_ns}"
+    cache = out / "test_eval.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["metrics"]
+    from training.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(ckpt, f"synthetic:{args.test_images}", split="test", progress=False,
+                                  device=args.device if args.device != "auto" else "cpu")
+    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    return metrics
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -223,6 +248,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                 return None, None
             return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
+        test_ap, test_ap_sd = stats("test_AP")
+        test_segm, test_segm_sd = stats("test_segm_AP")
         ap, ap_sd = stats("AP")
         ap50, ap50_sd = stats("AP50")
         segm, segm_sd = stats("segm_AP")
@@ -231,7 +258,9 @@ def summarise(rows: list[dict]) -> list[dict]:
             outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
         out.append({"detector": det, "variant": var, "seeds": len(rs), "AP": ap, "AP_sd": ap_sd, "AP50": ap50,
                     "AP50_sd": ap50_sd, "segm_AP": segm, "segm_AP_sd": segm_sd, "outcomes": outcomes,
-                    "per_seed_AP": [r["AP"] for r in rs]})
+                    "per_seed_AP": [r["AP"] for r in rs], "test_AP": test_ap, "test_AP_sd": test_ap_sd,
+                    "test_segm_AP": test_segm, "test_segm_AP_sd": test_segm_sd,
+                    "per_seed_test_AP": [r.get("test_AP") for r in rs]})
     return out
 
 
@@ -250,9 +279,22 @@ def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
              f"Budget: {s['dataset']} ({meta['data']['data']} -> {meta['data']['val_data']} [{meta['data']['val_split']}]), "
              f"{s['backbone']} ({s['backbone_weights'] or 'random init'}), FPN {s['fpn_channels']}, image {s['size']}, "
              f"batch {s['batch']}, {s['steps']} SGD steps, lr {s['lr'] or 'paper lr x batch/16'}, grad clip {s.get('grad_clip')}, eval score threshold "
-             f"{s['score_thresh']} for every variant, seeds {s['seeds']}", "",
+             f"{s['score_thresh']} for every variant, seeds {s['seeds']}"
+             + (f"; test AP on synthetic:{s['test_images']} [test]" if s["dataset"] == "synthetic" and s.get("test_images")
+                else ""), "",
              "| detector | variant | seeds | bbox AP (mean ± sd, %) | AP50 (%) | mask AP (%) | outcomes | per-seed AP (%) |",
              "|---|---|---|---|---|---|---|---|"]
+    if any(r.get("test_AP") is not None for r in summary):
+        lines[-2] = ("| detector | variant | seeds | **test** bbox AP (mean ± sd, %) | test mask AP (%) | val bbox AP (%) | "
+                     "val AP50 (%) | val mask AP (%) | outcomes | per-seed test AP (%) |")
+        lines[-1] = "|---|---|---|---|---|---|---|---|---|---|"
+        for r in summary:
+            per = ", ".join("-" if a is None else f"{100 * a:.1f}" for a in r["per_seed_test_AP"])
+            oc = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
+            lines.append(f"| {r['detector']} | {r['variant']} | {r['seeds']} | {_f(r['test_AP'], r['test_AP_sd'])} | "
+                         f"{_f(r['test_segm_AP'], r['test_segm_AP_sd'])} | {_f(r['AP'], r['AP_sd'])} | "
+                         f"{_f(r['AP50'], r['AP50_sd'])} | {_f(r['segm_AP'], r['segm_AP_sd'])} | {oc} | {per} |")
+        summary = []
     for r in summary:
         per = ", ".join("-" if a is None else f"{100 * a:.1f}" for a in r["per_seed_AP"])
         oc = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
@@ -355,6 +397,8 @@ def main() -> None:
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
     p.add_argument("--train-images", type=int, default=200)
     p.add_argument("--val-images", type=int, default=50)
+    p.add_argument("--test-images", type=int, default=100,
+                   help="synthetic only: also evaluate each final model on N images of the test split (0 = off)")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--runs", default="runs/benchmarks")

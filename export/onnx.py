@@ -160,8 +160,9 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
     """Export a checkpoint path (or an eval-mode model + `config`) to `out_path`.
 
     exporter: "torchscript" (torch.onnx legacy), "dynamo" (torch.export based, with export-only adapters), or
-    "auto": torchscript first (it passes parity for all four detectors today), falling back to dynamo when it
-    fails or misses parity. Dynamo first cost minutes per export for a graph that then failed (docs/EXPORT.md). With verify=True a
+    "auto": TorchScript first, dynamo when TorchScript fails (e.g. once torch removes it) or misses parity. Both pass
+    parity for all four detectors and give graphs of equal speed; TorchScript exports in seconds where dynamo takes
+    1-2 minutes on a 2-core CPU (docs/EXPORT.md). With verify=True a
     failed parity raises ParityError (the file is left on disk for inspection); with "auto" the last error wins.
     """
     from sfdeploy.cli import UserError
