@@ -19,9 +19,11 @@ replaces a few torchvision functions / instance methods and restores every one o
   `min(h, w)` with Python's `min`, which makes the tracer record a guard such as `h > w` and silently specialise the
   graph on the example's orientation (landscape images then came out wrongly scaled). The replacement computes the
   same scale with `torch.sym_min` / `torch.sym_max`, which stay symbolic.
-- `torchvision.ops.poolers._multiscale_roi_align` (dynamo only): the eager code sizes its output with `len(rois)`,
-  which demands a concrete int from the data-dependent number of proposals (`Min(1000, u)`); the replacement
-  uses `rois.shape[0]` (stays symbolic) and is otherwise the eager code (per-level RoIAlign, scattered back).
+- `torchvision.ops.poolers._multiscale_roi_align` (both exporters): the eager code sizes its output with
+  `len(rois)`, which the dynamo tracer cannot do for the data-dependent number of proposals (`Min(1000, u)`), and
+  under TorchScript tracing it merges the levels with an element-wise `ScatterElements` over [N, 256, 7, 7] (106 of
+  417 ms of an ORT Faster R-CNN run at 320 px). The replacement pools per level as the eager code does, then puts
+  the rows back in RoI order with one Gather by the inverse permutation (no scatter, no zero-filled buffer).
 - `torchvision.models.detection._utils.BoxCoder.decode` (dynamo only): `if box_sum > 0` branches on the
   data-dependent number of proposals; it only guards an ambiguous `reshape(0, -1)`, so the replacement reshapes
   with the static column count instead (identical results for N > 0, empty outputs for N = 0).
@@ -261,12 +263,12 @@ def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = 
             patch(transform_mod, "_resize_image_and_masks",
                   _symbolic_resize(transform_mod._resize_image_and_masks))
             patch(transform_mod.GeneralizedRCNNTransform, "batch_images", _symbolic_batch_images)
-            import torchvision.ops.poolers as poolers_mod
-
-            patch(poolers_mod, "_multiscale_roi_align", _symbolic_multiscale_roi_align)
             patch(det_utils.BoxCoder, "decode", _branch_free_decode)
             if example is not None:
                 _prime_roi_pools(model, example, stack)
+        import torchvision.ops.poolers as poolers_mod
+
+        patch(poolers_mod, "_multiscale_roi_align", _symbolic_multiscale_roi_align)  # both exporters
         if nms == "multiclass":
             _wrap_call_sites(model, stack)
         if getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():  # both exporters
@@ -331,13 +333,14 @@ def _symbolic_multiscale_roi_align(x_filtered: list[Tensor], boxes: list[Tensor]
         return roi_align(x_filtered[0], rois, output_size=output_size, spatial_scale=scales[0],
                          sampling_ratio=sampling_ratio)
     levels = mapper(boxes)
-    result = x_filtered[0].new_zeros((rois.shape[0], x_filtered[0].shape[1], *output_size))
+    pooled, order = [], []
     for level, (feature, scale) in enumerate(zip(x_filtered, scales)):
         idx = torch.where(levels == level)[0]
-        pooled = roi_align(feature, rois[idx], output_size=output_size, spatial_scale=scale,
-                           sampling_ratio=sampling_ratio)
-        result = result.index_put((idx,), pooled.to(result.dtype))
-    return result
+        pooled.append(roi_align(feature, rois[idx], output_size=output_size, spatial_scale=scale,
+                                sampling_ratio=sampling_ratio).to(x_filtered[0].dtype))
+        order.append(idx)
+    # row i of the concatenation belongs to RoI order[i]: gather with the inverse permutation (no scatter)
+    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
 
 
 def _branch_free_decode(self: Any, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
