@@ -161,8 +161,8 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
 
     exporter: "torchscript" (torch.onnx legacy), "dynamo" (torch.export based, with export-only adapters), or
     "auto": TorchScript first, dynamo when TorchScript fails (e.g. once torch removes it) or misses parity. Both pass
-    parity for all four detectors and give graphs of equal speed; TorchScript exports in seconds where dynamo takes
-    1-2 minutes on a 2-core CPU (docs/EXPORT.md). With verify=True a
+    parity for all four detectors; TorchScript exports in seconds where dynamo takes about a minute on a 2-core CPU
+    (docs/EXPORT.md). With verify=True a
     failed parity raises ParityError (the file is left on disk for inspection); with "auto" the last error wins.
     """
     from sfdeploy.cli import UserError
