@@ -194,7 +194,7 @@ def _wrap_method(obj: Any, name: str, slots_fn: Any, cap_fn: Any, stack: context
 
 
 # ------------------------------------------------------------------------------------------- top-k / masks
-def _static_topk_min(input: Tensor, orig_kval: int, axis: int) -> Any:
+def _symbolic_topk_min(input: Tensor, orig_kval: int, axis: int) -> Any:
     """min(k, size) without a guard: Python's min on a symbolic size specialises the graph on the example's size."""
     size = input.size(axis)
     if isinstance(size, int):
@@ -247,7 +247,10 @@ def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = 
     if nms not in NMS_MODES:
         raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
     import torchvision.models.detection._utils as det_utils
+    import torchvision.models.detection.roi_heads as roi_mod
+    import torchvision.models.detection.transform as transform_mod
     import torchvision.ops.boxes as box_ops
+    import torchvision.ops.poolers as poolers_mod
 
     with contextlib.ExitStack() as stack:
         def patch(module: Any, name: str, value: Any) -> None:
@@ -257,26 +260,19 @@ def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = 
 
         patch(box_ops, "batched_nms", _multiclass_batched_nms if nms == "multiclass" else _offset_batched_nms)
         if dynamo:
-            import torchvision.models.detection.transform as transform_mod
-
-            patch(det_utils, "_topk_min", _static_topk_min)
+            patch(det_utils, "_topk_min", _symbolic_topk_min)
             patch(transform_mod, "_resize_image_and_masks",
                   _symbolic_resize(transform_mod._resize_image_and_masks))
             patch(transform_mod.GeneralizedRCNNTransform, "batch_images", _symbolic_batch_images)
             patch(det_utils.BoxCoder, "decode", _branch_free_decode)
             if example is not None:
                 _prime_roi_pools(model, example, stack)
-        import torchvision.ops.poolers as poolers_mod
-
         patch(poolers_mod, "_multiscale_roi_align", _symbolic_multiscale_roi_align)  # both exporters
         if nms == "multiclass":
             _wrap_call_sites(model, stack)
         if getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():  # both exporters
-            import torchvision.models.detection.roi_heads as roi_mod
-            import torchvision.models.detection.transform as transform_mod
-
-            patch(roi_mod, "paste_masks_in_image", _paste_masks_export)
-            patch(transform_mod, "paste_masks_in_image", _paste_masks_export)  # imported by name there
+            patch(roi_mod, "paste_masks_in_image", paste_masks_vectorised)
+            patch(transform_mod, "paste_masks_in_image", paste_masks_vectorised)  # imported by name there
         yield
 
 
@@ -350,10 +346,6 @@ def _branch_free_decode(self: Any, rel_codes: Tensor, boxes: list[Tensor]) -> Te
         rel_codes = rel_codes.reshape(n, -1)
     pred_boxes = self.decode_single(rel_codes, concat_boxes)
     return pred_boxes.reshape(n, pred_boxes.shape[-1] // 4, 4)
-
-
-def _paste_masks_export(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:
-    return paste_masks_vectorised(masks, boxes, img_shape, padding=padding)
 
 
 def _wrap_call_sites(model: nn.Module, stack: contextlib.ExitStack) -> None:

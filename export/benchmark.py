@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,11 +143,11 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    dynamo = any("dynamo_ms" in r or "dynamo_error" in r for r in rows)
     lines = ["| detector | method | px | score thr | export s | MB | max box err px | max score err | mask IoU | "
              "eager ms | ORT before ms | ORT after ms | after vs eager | dets eager/before/after |"
-             + (" dynamo export s | dynamo ORT ms |" if any("dynamo_ms" in r or "dynamo_error" in r for r in rows) else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-             + ("---|---|" if any("dynamo_ms" in r or "dynamo_error" in r for r in rows) else "")]
+             + (" dynamo export s | dynamo ORT ms |" if dynamo else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if dynamo else "")]
     for r in rows:
         lines.append(f"| {r['detector']} | {r['method']} | {r['size']} | {r['score_thresh']:g} | "
                      f"{_fmt(r.get('export_s'), '.1f')} | {_fmt(r.get('mb'), '.1f')} | "
@@ -155,7 +156,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                      f"{r['after_ms']:.0f} | {r['speedup_after_vs_eager']:.2f}x | "
                      f"{r['eager_dets']}/{r['before_dets']}/{r['after_dets']} |"
                      + (f" {_fmt(r.get('dynamo_export_s'), '.1f')} | {_fmt(r.get('dynamo_ms'), '.0f')} |"
-                        if "dynamo_ms" in r or "dynamo_error" in r else ""))
+                        if dynamo else ""))
     return "\n".join(lines)
 
 
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "loadavg_start": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "command": "python -m export.benchmark " + " ".join(argv if argv is not None else os.sys.argv[1:])}
+            "command": "python -m export.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])}
     jobs = ([(lambda s, c=c: _checkpoint_model(c, s)) for c in a.checkpoints] if a.checkpoints else
             [(lambda s, d=d: _random_model(d, s, a.classes, a.backbone, a.method)) for d in a.detectors])
     with tempfile.TemporaryDirectory() as tmp:
