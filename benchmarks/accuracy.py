@@ -10,6 +10,8 @@ Variants (`--variants`):
   ce+init        ce + optimal bias initialisation only                                    (paper: diverges)
   ce+guided      ce + guided loss scaling only                                            (paper: diverges)
   sampling_free  ce + optimal init + guided scaling (= the method)
+  sf-512rois     sampling_free with 512 instead of 1000 training proposals per image (R-CNNs; the cost knob)
+  sf-mask128     sampling_free Mask R-CNN, mask head on at most 128 random positives per image (the cost knob)
 
 Data sets (`--dataset`):
   synthetic      built-in scenes: synthetic:N train split, synthetic:M val split (disjoint RNG streams)
@@ -44,6 +46,8 @@ VARIANTS = {
     "ce+init": {"method": "ce", "optimal_init": True},
     "ce+guided": {"method": "ce", "guided_scaling": True},
     "sampling_free": {"method": "sampling_free"},
+    "sf-512rois": {"method": "sampling_free", "rpn_post_nms_top_n_train": 512},
+    "sf-mask128": {"method": "sampling_free", "mask_positives_per_image": 128},
 }
 RACCOON = Path("/work/shared/datasets/raccoon")
 COLLAPSE_AP = 0.001
@@ -161,6 +165,19 @@ def prepare_nuclei(cache: Path, tile: int = 128) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------------- runs
+def same_settings(stored: str, current: str) -> bool:
+    """Stamps compare after the stored model config is re-read by today's ModelConfig, so that a field added later
+    with a default that reproduces the old behaviour does not invalidate finished runs."""
+    from sfdeploy.config import ModelConfig
+
+    try:
+        old = json.loads(stored)
+        old["model"] = ModelConfig.from_dict(old["model"]).to_dict()
+    except (ValueError, KeyError, TypeError):
+        return False
+    return json.dumps(old, sort_keys=True, default=str) == current
+
+
 def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, seed: int) -> dict:
     from sfdeploy.config import ModelConfig
     from training.config import TrainConfig
@@ -180,7 +197,7 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
                            "lr": cfg.lr, "warmup": cfg.warmup_steps, "clip": cfg.grad_clip, "data": data}, sort_keys=True,
                           default=str)
     stamp = out / "benchmark_settings.json"
-    if done.is_file() and not args.force and stamp.is_file() and stamp.read_text() == settings:
+    if done.is_file() and not args.force and stamp.is_file() and same_settings(stamp.read_text(), settings):
         res = json.loads(done.read_text())
     else:
         if out.exists():

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from sfdeploy.checkpoint import load_checkpoint  # noqa: E402
 from sfdeploy.config import ModelConfig  # noqa: E402
 from sfdeploy.data import build_dataset, collate  # noqa: E402
 from sfdeploy.data.synthetic import CLASS_NAMES  # noqa: E402
@@ -66,20 +67,57 @@ def machine_info() -> dict:
     return info
 
 
-def make_batch(detector: str, size: int, batch: int, device: torch.device):
+def make_batch(detector: str, size: int, batch: int, device: torch.device, aspect: float = 1.0):
+    """`batch` synthetic training images, `size` px high and `size * aspect` wide (e.g. 800 x 1333: the paper's)."""
     ds = build_dataset(f"synthetic:{batch}", split="train", seed=0, transforms=train_transforms(size, size, flip=False),
                        with_masks=detector == "mask_rcnn")
     images, targets = collate([ds[i] for i in range(batch)])
+    if aspect != 1.0:
+        images, targets = _stretch(images, targets, aspect)
     images = [im.to(device) for im in images]
     targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
     return images, targets
 
 
-def make_model(detector: str, method: str, backbone: str, size: int, device: torch.device):
-    cfg = ModelConfig(detector=detector, method=method, backbone=backbone, class_names=list(CLASS_NAMES),
-                      min_size=size, max_size=size)
+def _stretch(images, targets, aspect: float):  # type: ignore[no-untyped-def]
+    from torch.nn.functional import interpolate
+
+    out_images, out_targets = [], []
+    for im, t in zip(images, targets):
+        h, w = im.shape[-2:]
+        new_w = round(w * aspect)
+        out_images.append(interpolate(im[None], size=(h, new_w), mode="bilinear", align_corners=False)[0])
+        t = dict(t)
+        t["boxes"] = t["boxes"] * torch.tensor([new_w / w, 1.0, new_w / w, 1.0])
+        if "masks" in t:
+            t["masks"] = interpolate(t["masks"][None].float(), size=(h, new_w), mode="nearest")[0].to(t["masks"].dtype)
+        out_targets.append(t)
+    return out_images, out_targets
+
+
+def make_model(detector: str, method: str, backbone: str, size: int, device: torch.device, *,
+               max_size: int | None = None, options: dict | None = None, weights: str | None = None):
+    """One model to time. `options`: extra ModelConfig fields (the Sampling-Free cost knobs) for non-baseline models.
+    `weights`: start from a trained checkpoint (same architecture for every method), so that the RPN proposes what a
+    trained RPN proposes: a fresh RPN has few positives, which understates the un-sampled heads' cost."""
+    extra = dict(options or {}) if method != "baseline" else {}
+    if weights:
+        ckpt = load_checkpoint(weights)
+        base = {k: v for k, v in ckpt.config.to_dict().items()
+                if k not in ("method", "optimal_init", "guided_scaling", "priors", "mask_positives_per_image",
+                             "rpn_post_nms_top_n_train")}
+        base.update(detector=detector, min_size=size, max_size=max_size or size)
+        cfg = ModelConfig(**base, method=method, **extra)
+    else:
+        cfg = ModelConfig(detector=detector, method=method, backbone=backbone, class_names=list(CLASS_NAMES),
+                          min_size=size, max_size=max_size or size, **extra)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, load_backbone_weights=not weights).to(device)
+    if weights:
+        missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+        stray = [k for k in missing + unexpected if "guide" not in k]  # guided-scaling deltas exist in SF models only
+        if stray:
+            raise SystemExit(f"{weights} does not fit a {detector}/{method} model: {stray[:3]}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # tiny lr: weights barely move, so proposals/labels (and thus cost) stay representative of early training
@@ -117,8 +155,9 @@ def hwm_mb() -> float:
 
 def memory_child(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    images, targets = make_batch(args.child_detector, args.size, args.batch, device)
-    model, opt = make_model(args.child_detector, args.child_method, args.backbone, args.size, device)
+    images, targets = make_batch(args.child_detector, args.size, args.batch, device, args.aspect)
+    model, opt = make_model(args.child_detector, args.child_method, args.backbone, args.size, device,
+                            **model_kwargs(args))
     before = rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -132,10 +171,31 @@ def memory_child(args: argparse.Namespace) -> None:
     print("MEM " + json.dumps(out))
 
 
+def model_kwargs(args: argparse.Namespace) -> dict:
+    return {"max_size": args.max_size, "options": parse_options(args.sf_option), "weights": args.weights}
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """--sf-option KEY=VALUE (ModelConfig fields of the Sampling-Free model), values read as YAML scalars."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ModelConfig.__dataclass_fields__:
+            raise SystemExit(f"--sf-option {item!r}: expected FIELD=VALUE with a ModelConfig field, "
+                             "e.g. rpn_post_nms_top_n_train=512 or mask_positives_per_image=128")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def measure_memory(args: argparse.Namespace, detector: str, method: str) -> dict:
     cmd = [sys.executable, __file__, "--child", detector, method, "--backbone", args.backbone, "--size",
            str(args.size), "--batch", str(args.batch), "--steps", str(args.mem_steps), "--warmup", "1",
-           "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+           "--device", args.device, "--aspect", str(args.aspect)] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd += (["--max-size", str(args.max_size)] if args.max_size else []) + (["--weights", args.weights] if args.weights else [])
+    for item in args.sf_option or []:
+        cmd += ["--sf-option", item]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("MEM "):
@@ -144,17 +204,19 @@ def measure_memory(args: argparse.Namespace, detector: str, method: str) -> dict
 
 
 def roi_counts(model, images, targets) -> dict:
-    """RoIs per image that the RoI box head trains on (after sampling, or all labelled proposals)."""
-    counts: list[int] = []
-
-    def hook(_mod, inputs, _out):
-        counts.extend(int(b.shape[0]) for b in inputs[1])  # box_roi_pool(features, proposals, image_shapes)
-
-    h = model.roi_heads.box_roi_pool.register_forward_hook(hook)
+    """RoIs per image that the box head (and the mask head) train on: sampled, or every labelled proposal."""
+    counts: dict[str, list[int]] = {"box_head_rois_per_image": [], "mask_head_rois_per_image": []}
+    hooks = []
+    for name, pool in (("box_head_rois_per_image", model.roi_heads.box_roi_pool),
+                       ("mask_head_rois_per_image", getattr(model.roi_heads, "mask_roi_pool", None))):
+        if pool is not None:  # pool(features, proposals, image_shapes)
+            hooks.append(pool.register_forward_hook(
+                lambda _m, inputs, _o, name=name: counts[name].extend(int(b.shape[0]) for b in inputs[1])))
     with torch.no_grad():
         model(images, targets)
-    h.remove()
-    return {"box_head_rois_per_image": counts[: len(images)]}
+    for h in hooks:
+        h.remove()
+    return {k: v[: len(images)] for k, v in counts.items() if v}
 
 
 def profile_step(model, opt, images, targets, device, top: int = 12) -> list[dict]:
@@ -207,8 +269,9 @@ def run(args: argparse.Namespace) -> dict:
                "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "detectors": {}}
     for det in args.detectors:
         print(f"[{det}] building", file=sys.stderr, flush=True)
-        images, targets = make_batch(det, args.size, args.batch, device)
-        models = {m: make_model(det, m, args.backbone, args.size, device) for m in ("baseline", "sampling_free")}
+        images, targets = make_batch(det, args.size, args.batch, device, args.aspect)
+        models = {m: make_model(det, m, args.backbone, args.size, device, **model_kwargs(args))
+                  for m in ("baseline", "sampling_free")}
         times: dict[str, list[float]] = {m: [] for m in models}
         for i in range(args.warmup + args.steps):
             order = list(models) if i % 2 == 0 else list(models)[::-1]  # ABBA: neither always goes first
@@ -252,20 +315,26 @@ def markdown(results: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
              f"{m['date']}, load average at start {tuple(round(x, 1) for x in m.get('loadavg', ()))}, "
              f"at end {tuple(round(x, 1) for x in m.get('loadavg_end', ()))}  ",
-             f"Settings: backbone {results['settings']['backbone']}, image {results['settings']['size']}, batch "
+             f"Settings: backbone {results['settings']['backbone']}, image {results['settings']['size']} high x "
+             f"{results['settings']['aspect']:.3g} aspect (max_size {results['settings']['max_size']}), "
+             f"Sampling-Free options {results['settings']['sf_option'] or 'none'}, weights "
+             f"{results['settings']['weights'] or 'random init'}, batch "
              f"{results['settings']['batch']}, {results['settings']['warmup']} warm-up + {results['settings']['steps']}"
              f" timed steps per method, interleaved; memory: {results['settings']['mem_steps']} steps per fresh "
              "subprocess", "",
              "| detector | baseline ms/step | sampling_free ms/step | ratio (medians) | ratio (pairwise median) | "
-             "target | train-step RSS delta base / SF (MiB) | ratio | peak RSS base / SF (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "target | train-step RSS delta base / SF (MiB) | ratio | peak RSS base / SF (MiB) | RoIs/img box, mask: base / SF |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for det, r in results["detectors"].items():
         mem = r.get("memory")
         memcols = (f"{mem['baseline']['delta_mb']:.0f} / {mem['sampling_free']['delta_mb']:.0f} | {r['mem_delta_ratio']:.2f} | "
                    f"{mem['baseline']['rss_peak_mb']:.0f} / {mem['sampling_free']['rss_peak_mb']:.0f}") if mem else "- | - | -"
         ok = "ok" if r["time_ratio"] <= r["target"] else "MISSED"
+        rois = r.get("rois")
+        roicol = " / ".join(", ".join(str(round(sum(v) / len(v))) for v in rois[m].values()) for m in rois) if rois else "-"
         lines.append(f"| {det} | {r['step_ms']['baseline']:.0f} | {r['step_ms']['sampling_free']:.0f} | "
-                     f"{r['time_ratio']:.3f} | {r['time_ratio_pairwise_median']:.3f} | <= {r['target']} ({ok}) | {memcols} |")
+                     f"{r['time_ratio']:.3f} | {r['time_ratio_pairwise_median']:.3f} | <= {r['target']} ({ok}) | {memcols} | "
+                     f"{roicol} |")
     return "\n".join(lines) + "\n"
 
 
@@ -273,7 +342,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--detectors", nargs="+", default=["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
     p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--size", type=int, default=320, help="image height (shorter side) and the model's min_size")
+    p.add_argument("--max-size", type=int, help="the model's max_size (default: --size)")
+    p.add_argument("--aspect", type=float, default=1.0, help="image width / height (1333 / 800 for the paper's shape)")
+    p.add_argument("--sf-option", action="append", metavar="FIELD=VALUE",
+                   help="ModelConfig field for the Sampling-Free model, e.g. rpn_post_nms_top_n_train=512 (repeatable)")
+    p.add_argument("--weights", help="start both models from this checkpoint (trained RPN: realistic proposals)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)

@@ -52,6 +52,12 @@ class ModelConfig:
     score_thresh: float | None = None
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    # R-CNN training cost knobs (sampling-free.md sec. 3: ~1000 proposals per image, mask head on every positive).
+    # Fewer proposals make the un-sampled RoI head cheaper; a cap on mask positives (a uniform random subset, as the
+    # baseline's sampler caps them at 128/image) makes Mask R-CNN's mask head cost what the baseline's does.
+    # Both change what the heads train on: see docs/BENCHMARKS.md (cost) before using them.
+    rpn_post_nms_top_n_train: int = 1000
+    mask_positives_per_image: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -122,6 +128,14 @@ class ModelConfig:
             raise ConfigError(f"anchor_base_size must be >= 4, got {self.anchor_base_size}")
         if self.score_thresh is not None and not 0.0 <= self.score_thresh < 1.0:
             raise ConfigError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
+        if self.rpn_post_nms_top_n_train < 1:
+            raise ConfigError(f"rpn_post_nms_top_n_train must be >= 1, got {self.rpn_post_nms_top_n_train}")
+        if self.mask_positives_per_image is not None:
+            if self.mask_positives_per_image < 1:
+                raise ConfigError(f"mask_positives_per_image must be >= 1, got {self.mask_positives_per_image}")
+            if self.detector != "mask_rcnn" or self.method == "baseline":
+                raise ConfigError("mask_positives_per_image applies to mask_rcnn trained with 'ce'/'sampling_free' "
+                                  "(the baseline's sampler already caps positives at 128 per image)")
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -61,6 +61,11 @@ def _register_train(sub: Any) -> None:
     m.add_argument("--score-thresh", type=float, help="inference score threshold (default: per method)")
     m.add_argument("--prior", action="append", metavar="HEAD=PI",
                    help="fix a prior instead of estimating it, e.g. cls=1e-4 or rpn=2e-4 (repeatable)")
+    m.add_argument("--rpn-proposals-train", type=int, dest="rpn_post_nms_top_n_train",
+                   help="R-CNN proposals per image that reach the RoI head in training (default 1000, the paper's)")
+    m.add_argument("--mask-positives", type=int, dest="mask_positives_per_image",
+                   help="Mask R-CNN ce/sampling_free: train the mask head on at most N random positives per image "
+                        "(default: every positive, the paper's; 128 = the baseline's cost)")
     _bool_pair(m, "optimal-init", "optimal bias initialisation (default: on for sampling_free)")
     _bool_pair(m, "guided-scaling", "guided loss scaling (default: on for sampling_free)")
 
@@ -103,7 +108,8 @@ def _register_train(sub: Any) -> None:
 MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", "backbone_weights": "backbone_weights",
                "trainable_backbone_layers": "trainable_backbone_layers", "fpn_channels": "fpn_channels",
                "anchor_size": "anchor_base_size", "score_thresh": "score_thresh", "optimal_init": "optimal_init",
-               "guided_scaling": "guided_scaling"}
+               "guided_scaling": "guided_scaling", "rpn_post_nms_top_n_train": "rpn_post_nms_top_n_train",
+               "mask_positives_per_image": "mask_positives_per_image"}
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
                "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "seed", "device", "amp", "eval_every",
                "checkpoint_every", "log_every", "divergence_factor", "plots")

@@ -88,7 +88,7 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
         rpn_anchor_generator=rpn_anchor_generator(cfg.anchor_base_size),
         # The authors' FPN setting: about 1000 proposals per image reach the RoI head, in training and test.
         rpn_pre_nms_top_n_train=2000,
-        rpn_post_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=1000,
         rpn_post_nms_top_n_test=1000,
         box_score_thresh=score_thresh,
@@ -98,7 +98,7 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
     )
     if cfg.method != "baseline":
         model.rpn = _unsampled_rpn(model.rpn, guided)
-        model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided)
+        model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided, cfg.mask_positives_per_image)
     if cfg.uses_optimal_init:
         set_rpn_prior(model.rpn, prior)
     return model
@@ -115,7 +115,7 @@ def _unsampled_rpn(rpn, guided: bool) -> UnsampledRPN:  # type: ignore[no-untype
     )
 
 
-def _unsampled_roi_heads(heads, guided: bool) -> UnsampledRoIHeads:  # type: ignore[no-untyped-def]
+def _unsampled_roi_heads(heads, guided: bool, mask_positives: int | None) -> UnsampledRoIHeads:  # type: ignore[no-untyped-def]
     return UnsampledRoIHeads(
         heads.box_roi_pool, heads.box_head, heads.box_predictor,
         fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
@@ -124,5 +124,5 @@ def _unsampled_roi_heads(heads, guided: bool) -> UnsampledRoIHeads:  # type: ign
         bbox_reg_weights=heads.box_coder.weights,
         score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img,
         mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
-        guided=guided,
+        guided=guided, mask_positives_per_image=mask_positives,
     )

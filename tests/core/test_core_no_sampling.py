@@ -81,3 +81,58 @@ def test_unsampled_subsample_keeps_all_labelled(tiny_cfg, method: str) -> None:
     labels = [torch.tensor([0, 1, 0, 0, -1, 2] + [0] * 2000)]
     kept = model.roi_heads.subsample(labels)[0]
     assert len(kept) == len(labels[0]) - 1 and 4 not in kept.tolist()
+
+
+# ---------------------------------------------------------------------------------------------- cost knobs
+def test_rpn_training_proposals_knob_reaches_the_rpn(tiny_cfg, tiny_batch) -> None:
+    images, targets = tiny_batch(n=1, size=128)
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("faster_rcnn", "sampling_free", min_size=128, max_size=128,
+                                 rpn_post_nms_top_n_train=50), load_backbone_weights=False).train()
+    assert model.rpn.post_nms_top_n() == 50
+    proposals: list[int] = []
+    model.roi_heads.register_forward_pre_hook(lambda mod, args: proposals.append(sum(len(p) for p in args[1])))
+    model(images, targets)
+    assert 0 < proposals[0] <= 50
+    assert model.eval().rpn.post_nms_top_n() == 1000  # inference keeps the paper's 1000
+
+
+def test_mask_positive_cap_draws_a_random_subset_of_positives(tiny_cfg) -> None:
+    capped = build_model(tiny_cfg("mask_rcnn", "sampling_free", mask_positives_per_image=3), load_backbone_weights=False)
+    every = build_model(tiny_cfg("mask_rcnn", "sampling_free"), load_backbone_weights=False)
+    labels = torch.tensor([0, 2, 1, -1, 0, 1, 2, 2, 0, 1])
+    positive = set(torch.where(labels > 0)[0].tolist())
+    assert set(every.roi_heads._mask_positives(labels).tolist()) == positive
+    torch.manual_seed(0)
+    draws = [capped.roi_heads._mask_positives(labels).tolist() for _ in range(20)]
+    for draw in draws:
+        assert len(draw) == len(set(draw)) == 3 and set(draw) <= positive
+    assert len({tuple(sorted(d)) for d in draws}) > 1  # random, not the first three
+    assert capped.roi_heads._mask_positives(torch.tensor([0, 1, 0])).tolist() == [1]  # fewer than the cap: all
+
+
+def test_mask_positive_cap_limits_the_mask_head_input(tiny_cfg, tiny_batch) -> None:
+    images, targets = tiny_batch(n=2, size=128, masks=True)
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("mask_rcnn", "sampling_free", min_size=128, max_size=128, mask_positives_per_image=2),
+                        load_backbone_weights=False).train()
+    seen: list[list[int]] = []
+    model.roi_heads.mask_roi_pool.register_forward_hook(lambda m, args, out: seen.append([len(p) for p in args[1]]))
+    losses = model(images, targets)
+    assert seen and all(n <= 2 for n in seen[0]) and sum(seen[0]) > 0  # ground truth boxes are always positive
+    losses["loss_mask"].backward()
+    assert torch.isfinite(losses["loss_mask"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"detector": "faster_rcnn", "mask_positives_per_image": 128}, "applies to mask_rcnn"),
+    ({"detector": "mask_rcnn", "method": "baseline", "mask_positives_per_image": 128}, "baseline's sampler"),
+    ({"detector": "mask_rcnn", "mask_positives_per_image": 0}, ">= 1"),
+    ({"detector": "faster_rcnn", "rpn_post_nms_top_n_train": 0}, ">= 1"),
+])
+def test_cost_knobs_reject_bad_values(tiny_cfg, overrides: dict, message: str) -> None:
+    from sfdeploy.config import ConfigError
+
+    detector = overrides.pop("detector")
+    with pytest.raises(ConfigError, match=message):
+        tiny_cfg(detector, **overrides)

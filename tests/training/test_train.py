@@ -115,6 +115,21 @@ def test_config_file_plus_overrides(tmp_path):
     assert TrainConfig(batch_size=2).effective_lr == pytest.approx(0.01 * 2 / 16)
 
 
+def test_rcnn_cost_knob_flags():
+    import argparse
+
+    from training.cli import _register_train, config_from_args
+
+    parser = argparse.ArgumentParser()
+    _register_train(parser.add_subparsers())
+    args = parser.parse_args(["train", "--model", "mask_rcnn", "--rpn-proposals-train", "512", "--mask-positives",
+                              "128", "--out", "x"])
+    cfg = config_from_args(args)
+    assert cfg.model.rpn_post_nms_top_n_train == 512 and cfg.model.mask_positives_per_image == 128
+    default = config_from_args(parser.parse_args(["train", "--model", "mask_rcnn", "--out", "x"]))
+    assert default.model.rpn_post_nms_top_n_train == 1000 and default.model.mask_positives_per_image is None
+
+
 def test_bad_data_and_config_are_one_line_errors(tmp_path, capsys):
     rc = main(["train", *TINY, "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o"),
                "--max-steps", "1"])
