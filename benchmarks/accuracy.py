@@ -187,6 +187,7 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
     done = out / "result.json"
     model = ModelConfig(detector=detector, backbone=args.backbone, backbone_weights=args.backbone_weights,
                         min_size=args.size, max_size=args.size, fpn_channels=args.fpn_channels,
+                        **({"mask_head_channels": args.mask_head_channels} if args.mask_head_channels else {}),
                         score_thresh=args.score_thresh, **VARIANTS[variant])
     cfg = TrainConfig(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch, seed=seed,
                       device=args.device, workers=args.workers, warmup_steps=min(args.warmup, args.steps // 4),
@@ -294,7 +295,8 @@ def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}, load average at start "
              f"{tuple(round(x, 1) for x in m.get('loadavg', ()))}  ",
              f"Budget: {s['dataset']} ({meta['data']['data']} -> {meta['data']['val_data']} [{meta['data']['val_split']}]), "
-             f"{s['backbone']} ({s['backbone_weights'] or 'random init'}), FPN {s['fpn_channels']}, image {s['size']}, "
+             f"{s['backbone']} ({s['backbone_weights'] or 'random init'}), FPN {s['fpn_channels']}"
+             f"{', mask head ' + str(s['mask_head_channels']) if s.get('mask_head_channels') else ''}, image {s['size']}, "
              f"batch {s['batch']}, {s['steps']} SGD steps, lr {s['lr'] or 'paper lr x batch/16'}, grad clip {s.get('grad_clip')}, eval score threshold "
              f"{s['score_thresh']} for every variant, seeds {s['seeds']}"
              + (f"; test AP on synthetic:{s['test_images']} [test]" if s["dataset"] == "synthetic" and s.get("test_images")
@@ -404,6 +406,7 @@ def main() -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--backbone-weights", default="imagenet", help="'imagenet', a path, or 'none'")
     p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--mask-head-channels", type=int, help="Mask R-CNN mask-head width (default: torchvision's 256)")
     p.add_argument("--lr", type=float, default=None, help="default: the paper's lr scaled by batch/16")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (at most a quarter of --steps)")
     p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,

@@ -58,6 +58,9 @@ class ModelConfig:
     # Both change what the heads train on: see docs/BENCHMARKS.md (cost) before using them.
     rpn_post_nms_top_n_train: int = 1000
     mask_positives_per_image: int | None = None
+    # Width of Mask R-CNN's four mask-head convolutions (torchvision: 256). With a narrow FPN on CPU a 256-wide mask
+    # head costs more than the rest of the model (~0.37 GMAC per positive RoI); the benchmarks scale it with the FPN.
+    mask_head_channels: int = 256
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,6 +131,8 @@ class ModelConfig:
             raise ConfigError(f"anchor_base_size must be >= 4, got {self.anchor_base_size}")
         if self.score_thresh is not None and not 0.0 <= self.score_thresh < 1.0:
             raise ConfigError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
+        if self.mask_head_channels < 8:
+            raise ConfigError(f"mask_head_channels must be >= 8, got {self.mask_head_channels}")
         if self.rpn_post_nms_top_n_train < 1:
             raise ConfigError(f"rpn_post_nms_top_n_train must be >= 1, got {self.rpn_post_nms_top_n_train}")
         if self.mask_positives_per_image is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ..config import FOCAL_PRIOR, ModelConfig
@@ -96,6 +97,10 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
         box_detections_per_img=cfg.detections_per_img,
         **common,
     )
+    if cfg.detector == "mask_rcnn" and cfg.mask_head_channels != 256:  # 256: torchvision's own head, as before
+        width = cfg.mask_head_channels
+        model.roi_heads.mask_head = MaskRCNNHeads(backbone.out_channels, [width] * 4, 1)
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, cfg.num_classes + 1)
     if cfg.method != "baseline":
         model.rpn = _unsampled_rpn(model.rpn, guided)
         model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided, cfg.mask_positives_per_image)

@@ -15,11 +15,14 @@ from sfdeploy.models.backbones import BackboneError, build_fpn_backbone
 from core_helpers import fewer_proposals
 
 
-@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
-def test_checkpoint_roundtrip_identical_outputs(tiny_cfg, tmp_path, detector) -> None:
+@pytest.mark.parametrize("detector, extra", [("retinanet", {}), ("mask_rcnn", {}),
+                                             ("mask_rcnn", {"mask_head_channels": 16})])
+def test_checkpoint_roundtrip_identical_outputs(tiny_cfg, tmp_path, detector, extra) -> None:
     torch.manual_seed(0)
-    cfg = tiny_cfg(detector, priors={"rpn" if detector == "mask_rcnn" else "cls": 2e-3}, score_thresh=0.0)
+    cfg = tiny_cfg(detector, priors={"rpn" if detector == "mask_rcnn" else "cls": 2e-3}, score_thresh=0.0, **extra)
     model = build_model(cfg, load_backbone_weights=False).eval()
+    if extra:
+        assert model.roi_heads.mask_head[0][0].out_channels == 16
     with torch.no_grad():  # make the weights differ from a fresh init, BN statistics included
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -89,7 +92,7 @@ def test_config_yaml_roundtrip(tmp_path) -> None:
     {"class_names": ["a", "a"]}, {"min_size": 8}, {"min_size": 700, "max_size": 600}, {"fpn_channels": 4},
     {"priors": {"cls": 0.0}}, {"priors": {"cls": 1.5}}, {"priors": {"roi": 0.1}}, {"trainable_backbone_layers": 6},
     {"method": "baseline", "optimal_init": True}, {"anchor_base_size": 2}, {"score_thresh": 1.0},
-    {"detector": "fcos", "fpn_channels": 48},
+    {"detector": "fcos", "fpn_channels": 48}, {"detector": "mask_rcnn", "mask_head_channels": 4},
 ])
 def test_bad_config_values(changes) -> None:
     with pytest.raises(ConfigError):
