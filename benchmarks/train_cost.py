@@ -67,10 +67,12 @@ def machine_info() -> dict:
     return info
 
 
-def make_batch(detector: str, size: int, batch: int, device: torch.device, aspect: float = 1.0):
-    """`batch` synthetic training images, `size` px high and `size * aspect` wide (e.g. 800 x 1333: the paper's)."""
-    ds = build_dataset(f"synthetic:{batch}", split="train", seed=0, transforms=train_transforms(size, size, flip=False),
-                       with_masks=detector == "mask_rcnn")
+def make_batch(detector: str, size: int, batch: int, device: torch.device, aspect: float = 1.0,
+               data: str | None = None, images_dir: str | None = None):
+    """The first `batch` training images of `data` (default: synthetic), `size` px high and `size * aspect` wide
+    (e.g. 800 x 1333: the paper's shape)."""
+    ds = build_dataset(data or f"synthetic:{batch}", split="train", seed=0, images_dir=images_dir,
+                       transforms=train_transforms(size, size, flip=False), with_masks=detector == "mask_rcnn")
     images, targets = collate([ds[i] for i in range(batch)])
     if aspect != 1.0:
         images, targets = _stretch(images, targets, aspect)
@@ -96,16 +98,20 @@ def _stretch(images, targets, aspect: float):  # type: ignore[no-untyped-def]
 
 
 def make_model(detector: str, method: str, backbone: str, size: int, device: torch.device, *,
-               max_size: int | None = None, options: dict | None = None, weights: str | None = None):
+               max_size: int | None = None, options: dict | None = None, weights: str | None = None,
+               mask_head_channels: int | None = None):
     """One model to time. `options`: extra ModelConfig fields (the Sampling-Free cost knobs) for non-baseline models.
     `weights`: start from a trained checkpoint (same architecture for every method), so that the RPN proposes what a
-    trained RPN proposes: a fresh RPN has few positives, which understates the un-sampled heads' cost."""
+    trained RPN proposes: a fresh RPN has few positives, which understates the un-sampled heads' cost. Weights whose
+    shape does not fit (a mask head of another width) stay freshly initialised: cost does not depend on them."""
     extra = dict(options or {}) if method != "baseline" else {}
+    if mask_head_channels:
+        extra["mask_head_channels"] = mask_head_channels
     if weights:
         ckpt = load_checkpoint(weights)
         base = {k: v for k, v in ckpt.config.to_dict().items()
                 if k not in ("method", "optimal_init", "guided_scaling", "priors", "mask_positives_per_image",
-                             "rpn_post_nms_top_n_train")}
+                             "rpn_post_nms_top_n_train", *extra)}
         base.update(detector=detector, min_size=size, max_size=max_size or size)
         cfg = ModelConfig(**base, method=method, **extra)
     else:
@@ -114,8 +120,11 @@ def make_model(detector: str, method: str, backbone: str, size: int, device: tor
     torch.manual_seed(0)
     model = build_model(cfg, load_backbone_weights=not weights).to(device)
     if weights:
-        missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
-        stray = [k for k in missing + unexpected if "guide" not in k]  # guided-scaling deltas exist in SF models only
+        own = model.state_dict()
+        fitting = {k: v for k, v in ckpt.state_dict.items() if k in own and own[k].shape == v.shape}
+        missing, unexpected = model.load_state_dict(fitting, strict=False)
+        # guided-scaling deltas exist in Sampling-Free models only; mask-head weights of another width stay fresh
+        stray = [k for k in missing + unexpected if "guide" not in k and "mask_" not in k]
         if stray:
             raise SystemExit(f"{weights} does not fit a {detector}/{method} model: {stray[:3]}")
     model.train()
@@ -155,7 +164,7 @@ def hwm_mb() -> float:
 
 def memory_child(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    images, targets = make_batch(args.child_detector, args.size, args.batch, device, args.aspect)
+    images, targets = make_batch(args.child_detector, args.size, args.batch, device, args.aspect, args.data, args.images)
     model, opt = make_model(args.child_detector, args.child_method, args.backbone, args.size, device,
                             **model_kwargs(args))
     before = rss_mb()
@@ -172,7 +181,8 @@ def memory_child(args: argparse.Namespace) -> None:
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
-    return {"max_size": args.max_size, "options": parse_options(args.sf_option), "weights": args.weights}
+    return {"max_size": args.max_size, "options": parse_options(args.sf_option), "weights": args.weights,
+            "mask_head_channels": args.mask_head_channels}
 
 
 def parse_options(items: list[str] | None) -> dict:
@@ -193,7 +203,9 @@ def measure_memory(args: argparse.Namespace, detector: str, method: str) -> dict
     cmd = [sys.executable, __file__, "--child", detector, method, "--backbone", args.backbone, "--size",
            str(args.size), "--batch", str(args.batch), "--steps", str(args.mem_steps), "--warmup", "1",
            "--device", args.device, "--aspect", str(args.aspect)] + (["--threads", str(args.threads)] if args.threads else [])
-    cmd += (["--max-size", str(args.max_size)] if args.max_size else []) + (["--weights", args.weights] if args.weights else [])
+    for flag, value in (("--max-size", args.max_size), ("--weights", args.weights), ("--data", args.data),
+                        ("--images", args.images), ("--mask-head-channels", args.mask_head_channels)):
+        cmd += [flag, str(value)] if value else []
     for item in args.sf_option or []:
         cmd += ["--sf-option", item]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -269,7 +281,7 @@ def run(args: argparse.Namespace) -> dict:
                "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "detectors": {}}
     for det in args.detectors:
         print(f"[{det}] building", file=sys.stderr, flush=True)
-        images, targets = make_batch(det, args.size, args.batch, device, args.aspect)
+        images, targets = make_batch(det, args.size, args.batch, device, args.aspect, args.data, args.images)
         models = {m: make_model(det, m, args.backbone, args.size, device, **model_kwargs(args))
                   for m in ("baseline", "sampling_free")}
         times: dict[str, list[float]] = {m: [] for m in models}
@@ -318,7 +330,7 @@ def markdown(results: dict) -> str:
              f"Settings: backbone {results['settings']['backbone']}, image {results['settings']['size']} high x "
              f"{results['settings']['aspect']:.3g} aspect (max_size {results['settings']['max_size']}), "
              f"Sampling-Free options {results['settings']['sf_option'] or 'none'}, weights "
-             f"{results['settings']['weights'] or 'random init'}, batch "
+             f"{results['settings']['weights'] or 'random init'}, data {results['settings']['data'] or 'synthetic'}, batch "
              f"{results['settings']['batch']}, {results['settings']['warmup']} warm-up + {results['settings']['steps']}"
              f" timed steps per method, interleaved; memory: {results['settings']['mem_steps']} steps per fresh "
              "subprocess", "",
@@ -348,6 +360,9 @@ def main() -> None:
     p.add_argument("--sf-option", action="append", metavar="FIELD=VALUE",
                    help="ModelConfig field for the Sampling-Free model, e.g. rpn_post_nms_top_n_train=512 (repeatable)")
     p.add_argument("--weights", help="start both models from this checkpoint (trained RPN: realistic proposals)")
+    p.add_argument("--mask-head-channels", type=int, help="Mask R-CNN mask-head width (default: the model's)")
+    p.add_argument("--data", help="training data spec (default: synthetic), e.g. a COCO json with --images")
+    p.add_argument("--images", help="image folder of a COCO json --data")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
