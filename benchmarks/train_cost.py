@@ -388,10 +388,12 @@ def main() -> None:
         return
     results = run(args)
     md = markdown(results)
-    print(md)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))  # with the end-of-run load average
     if args.md:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(md)
+    print(md)  # last: a closed stdout pipe must not lose the files
 
 
 if __name__ == "__main__":
