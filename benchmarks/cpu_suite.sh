@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU-sized accuracy suite behind docs/BENCHMARKS.md (about 2 hours on an idle 2-core machine).
+# The CPU-sized accuracy suite behind docs/BENCHMARKS.md (about 3 hours on an idle 2-core machine).
 # Every variant of a detector shares backbone (EfficientNet-Lite0, ImageNet weights), data, schedule, lr, seeds and
 # evaluation threshold; only the training method changes. Runs are sequential (one process uses both cores) and
 # finished runs are reused when their settings match, so the script can be stopped and restarted.
