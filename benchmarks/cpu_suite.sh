@@ -44,3 +44,6 @@ TWO=(--batch 2 --steps 120 --warmup 30)
     --variants baseline sampling_free sf-512rois --out $OUT/cost_knobs_faster_rcnn
 "${A[@]}" "${TWO[@]}" --dataset nuclei --detectors mask_rcnn --size 128 --mask-head-channels 64 \
     --variants baseline sampling_free sf-mask128 --out $OUT/cost_knobs_nuclei
+# 8. raccoon schedule check: twice the steps, baseline vs Sampling-Free (own run folder: the 200-step runs stay)
+"${A[@]}" --dataset raccoon --detectors retinanet --variants baseline sampling_free --size 256 --batch 4 --steps 400 \
+    --lr 0.01 --warmup 50 --runs runs/benchmarks_long --cache runs/benchmarks/cache --out $OUT/raccoon_schedule_400
