@@ -29,6 +29,8 @@ if [ -f "$W" ]; then
     "${C[@]}" "${NUC[@]}" --json $OUT/cost_nuclei_mask_rcnn.json --md $OUT/cost_nuclei_mask_rcnn.md
     "${C[@]}" "${NUC[@]}" --sf-option mask_positives_per_image=128 \
         --json $OUT/cost_nuclei_mask_rcnn_mask128.json --md $OUT/cost_nuclei_mask_rcnn_mask128.md
+    "${C[@]}" "${NUC[@]}" --sf-option mask_positives_per_image=128 --sf-option rpn_post_nms_top_n_train=512 \
+        --json $OUT/cost_nuclei_mask_rcnn_both.json --md $OUT/cost_nuclei_mask_rcnn_both.md
 else
     echo "skipping part 4: $W not found (run benchmarks/cpu_suite.sh step 5 first)" >&2
 fi
