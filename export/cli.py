@@ -62,7 +62,7 @@ def _given_options(args: argparse.Namespace) -> set[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     check_options(args.format, _given_options(args))
     from .onnx import DEFAULT_OPSET, export_onnx
@@ -115,7 +115,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     try:
         sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())

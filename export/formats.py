@@ -28,7 +28,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
 
 def check_options(fmt: str, given: set[str]) -> None:
     """Raise UserError for an unknown format or an option the format does not take."""
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")

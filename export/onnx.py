@@ -165,7 +165,7 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
     (docs/EXPORT.md). With verify=True a
     failed parity raises ParityError (the file is left on disk for inspection); with "auto" the last error wins.
     """
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")

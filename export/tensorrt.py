@@ -84,7 +84,7 @@ def check_trt_ops(onnx_path: str | Path) -> OpCheck:
 
 
 def _require_tensorrt():  # type: ignore[no-untyped-def]
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
@@ -108,7 +108,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
                  opt_size: int = 640, max_size: int = 1333, workspace_gb: float = 4.0,
                  timing_cache: str | Path | None = None) -> Path:
     """Build `out_path` (.engine) + `out_path.json` from an exported ONNX graph. Fails at once without TensorRT/GPU."""
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     trt = _require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out_path)

@@ -303,7 +303,7 @@ def verify_artefact(artefact: str | Path, checkpoint: str | Path, *, sizes: tupl
                     data: str | None = None) -> ParityReport:
     """`sfdeploy verify`: an .onnx file against the checkpoint it came from."""
     from sfdeploy.checkpoint import load_model
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     path = Path(artefact)
     if not path.is_file():

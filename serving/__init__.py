@@ -25,7 +25,7 @@ __all__ = ["BACKENDS", "Detections", "Predictor", "backend_for", "load"]
 
 def backend_for(path: str | Path, backend: str = "auto") -> str:
     """The backend that runs `path` ("auto": from the suffix); a one-line UserError when none can."""
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     suffix = Path(path).suffix.lower()
     if backend not in ("auto", *BACKENDS):

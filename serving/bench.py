@@ -43,7 +43,7 @@ def evaluate_ap(predictor: Predictor, data: str, split: str = "val", max_images:
 
     dataset = build_dataset(data, split=split, with_masks=predictor.config.has_masks or None)
     if dataset.class_names != predictor.class_names:
-        from sfdeploy.cli import UserError
+        from sfdeploy.errors import UserError
 
         raise UserError(f"data set classes {dataset.class_names} differ from the model's {predictor.class_names}")
     n = len(dataset) if max_images is None else min(len(dataset), max_images)

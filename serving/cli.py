@@ -102,7 +102,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     files, problems = expand_inputs(args.inputs)
     for msg in problems:

@@ -106,7 +106,7 @@ def parse_metadata(props: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_metadata(md: dict[str, Any], source: str) -> ModelConfig:
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
     from sfdeploy.config import ConfigError
 
     if not isinstance(md.get("config"), dict):

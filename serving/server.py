@@ -205,7 +205,7 @@ def load_models(artefacts: list[str], names: list[str] | None = None, backend: s
     """Artefact paths -> {name: Predictor}; names default to the file stems (made unique)."""
     from pathlib import Path
 
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     from . import load
 

@@ -12,6 +12,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .errors import UserError, user_error_types
+
+__all__ = ["UserError", "build_parser", "main"]
+
 # (module with register(subparsers)); order is the order shown in --help.
 STAGE_MODULES = (
     "sfdeploy.sampling_free.prior_cli",  # prior
@@ -20,10 +24,6 @@ STAGE_MODULES = (
     "serving.cli",  # predict, serve, bench
     "sfdeploy.demo_cli",  # demo
 )
-
-
-class UserError(Exception):
-    """Raised by handlers for problems the user can fix; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,22 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing, one-line message."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .models.backbones import BackboneError
-
-    types: list[type[BaseException]] = [UserError, ConfigError, CheckpointError, BackboneError, FileNotFoundError]
-    try:
-        from .data import DataError
-
-        types.append(DataError)
-    except ImportError:  # pragma: no cover - data package always present in a full install
-        pass
-    return tuple(types)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sfdeploy: interrupted", file=sys.stderr)
         return 130
-    except _user_error_types() as exc:
+    except user_error_types() as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"sfdeploy {args.command}: error: {message}", file=sys.stderr)
         return 2

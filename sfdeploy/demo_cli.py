@@ -40,7 +40,7 @@ def _import_app() -> Any:
         pass
     path = Path(__file__).resolve().parents[1] / "app.py"
     if not path.is_file():
-        from .cli import UserError
+        from .errors import UserError
 
         raise UserError("the demo app (app.py) is not installed; run from the sfdeploy repository or reinstall")
     spec = importlib.util.spec_from_file_location("app", path)
@@ -53,7 +53,7 @@ def _import_app() -> Any:
 def run(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from .cli import UserError
+    from .errors import UserError
 
     if importlib.util.find_spec("gradio") is None:
         raise UserError("the demo needs gradio: pip install 'sfdeploy[demo]'")

@@ -116,7 +116,7 @@ TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers"
 
 
 def _parse_priors(items: list[str] | None) -> dict[str, float]:
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     out: dict[str, float] = {}
     for item in items or []:

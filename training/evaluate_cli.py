@@ -54,7 +54,7 @@ def run_eval(args: argparse.Namespace) -> int:
             max_images=args.max_images, backend=args.backend, workers=args.workers,
         )
     except EvaluationError as exc:
-        from sfdeploy.cli import UserError
+        from sfdeploy.errors import UserError
 
         raise UserError(str(exc)) from exc
     ck = metrics.get("checkpoint", {})

@@ -116,7 +116,7 @@ def quickstart(out: str | Path = "runs/quickstart", model: str = "retinanet", st
                batch_size: int | None = None, train_images: int | None = None, val_images: int | None = None,
                seed: int = 0, device: str = "auto", progress: bool | None = None) -> dict[str, Any]:
     """Run the quickstart; returns the summary dict (also written to OUT/summary.json)."""
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     t_start = time.perf_counter()
     base = FAST_BUDGET if fast else DEFAULT_BUDGET

@@ -184,7 +184,7 @@ def _evaluate(model: torch.nn.Module, dataset, cfg: TrainConfig, device: torch.d
     try:
         from training.evaluate import evaluate
     except ImportError as exc:
-        from sfdeploy.cli import UserError
+        from sfdeploy.errors import UserError
 
         raise UserError(f"evaluation is not available ({exc}); train without --val-data/--eval-every") from exc
     m = D.unwrap(model)

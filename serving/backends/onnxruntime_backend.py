@@ -17,7 +17,7 @@ def choose_providers(available: Sequence[str], device: str | None = None,
                      providers: Sequence[str] | None = None) -> list[str]:
     """Explicit `providers` win (must be available); else TensorRT > CUDA > CPU among `available`
     (device "cpu" restricts to CPU)."""
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     if providers:
         missing = [p for p in providers if p not in available]
@@ -47,7 +47,7 @@ class OnnxRuntimePredictor(Predictor):
                  threads: int | None = None, **kwargs: Any) -> None:
         import onnxruntime as ort
 
-        from sfdeploy.cli import UserError
+        from sfdeploy.errors import UserError
 
         path = Path(path)
         if not path.is_file():

@@ -17,7 +17,7 @@ from ..predictor import Predictor, config_from_metadata, parse_metadata
 
 
 def _user_error(message: str) -> Exception:
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     return UserError(message)
 

@@ -19,7 +19,7 @@ class TorchPredictor(Predictor):
     def __init__(self, path: str | Path, device: str | None = None, **kwargs: Any) -> None:
         device = device or "cpu"
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            from sfdeploy.cli import UserError
+            from sfdeploy.errors import UserError
 
             raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
         model, ckpt = load_model(path, device)

@@ -43,7 +43,7 @@ def run_prior(args: argparse.Namespace) -> int:
 
     dataset = build_dataset(args.data, split=args.split, images_dir=args.images, seed=args.seed)
     if len(dataset) == 0:
-        from ..cli import UserError
+        from ..errors import UserError
 
         raise UserError(f"DATA={args.data!r} (split {args.split}) has no images")
     sizes = {}

@@ -171,7 +171,7 @@ def test_trt_op_check_reports_unsupported(tmp_path):  # type: ignore[no-untyped-
 
 def test_tensorrt_fails_clearly_without_trt(exported, tmp_path):  # type: ignore[no-untyped-def]
     from export.tensorrt import build_engine
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     try:
         import tensorrt  # noqa: F401
@@ -196,7 +196,7 @@ def run_cli(argv: list[str]) -> int:
         return main(argv)
     except (ImportError, ModuleNotFoundError):
         from export.cli import register
-        from sfdeploy.cli import UserError
+        from sfdeploy.errors import UserError
 
         parser = argparse.ArgumentParser(prog="sfdeploy")
         register(parser.add_subparsers(dest="command", required=True))

@@ -11,7 +11,7 @@ from PIL import Image
 
 import serving
 from sfdeploy import processing
-from sfdeploy.cli import UserError
+from sfdeploy.errors import UserError
 from sfdeploy.viz import draw_detections
 
 from serving_helpers import synthetic_image, write_jpeg

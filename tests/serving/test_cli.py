@@ -62,7 +62,7 @@ def test_predict_all_good_exit_zero_and_stdout(artefacts, tmp_path, capsys):
 
 
 def test_predict_no_inputs_is_user_error(artefacts, tmp_path):
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     args = parser().parse_args(["predict", str(artefacts.get("retinanet")[1]), str(tmp_path / "missing")])
     with pytest.raises(UserError):

@@ -217,7 +217,7 @@ def _eval_main(argv: list[str]) -> int:
     import argparse
     import sys
 
-    from sfdeploy.cli import _user_error_types
+    from sfdeploy.errors import user_error_types as _user_error_types
     from training.evaluate_cli import register_eval
 
     parser = argparse.ArgumentParser(prog="sfdeploy")

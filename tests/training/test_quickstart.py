@@ -42,7 +42,7 @@ def test_comparison_table_markdown():
 
 
 def test_missing_training_package_is_a_clear_user_error(tmp_path, monkeypatch):
-    from sfdeploy.cli import UserError
+    from sfdeploy.errors import UserError
 
     real = importlib.import_module
 
