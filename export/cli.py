@@ -22,9 +22,9 @@ def register(subparsers: Any) -> None:
                    help="torch ONNX exporter; auto = torchscript, falling back to dynamo (default auto)")
     p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim (parity re-checked)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: build an FP16 engine")
-    p.add_argument("--min-size", type=int, default=None, help="TensorRT profile: smallest image side")
-    p.add_argument("--opt-size", type=int, default=None, help="TensorRT profile: side to optimise for")
-    p.add_argument("--max-size", type=int, default=None, help="TensorRT profile: largest image side")
+    p.add_argument("--min-size", type=int, default=None, help="TensorRT profile: smallest image side (default 32)")
+    p.add_argument("--opt-size", type=int, default=None, help="TensorRT profile: side to optimise for (default 800)")
+    p.add_argument("--max-size", type=int, default=None, help="TensorRT profile: largest image side (default 2048)")
     p.add_argument("--model-name", default=None, help="triton: model name (default: the checkpoint's stem)")
     p.add_argument("--engine", default=None, help="triton: use this TensorRT engine (tensorrt_plan backend)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
@@ -93,8 +93,11 @@ def _export(args: argparse.Namespace) -> int:
         print(check.summary(), file=sys.stderr)
         if not check.ok:
             raise UserError(check.summary())
-        engine = build_engine(res.path, out, fp16=args.fp16, min_size=args.min_size or 128,
-                              opt_size=args.opt_size or 640, max_size=args.max_size or 1333)
+        from serving.backends.trt_runtime import DEFAULT_PROFILE
+
+        engine = build_engine(res.path, out, fp16=args.fp16, min_size=args.min_size or DEFAULT_PROFILE["min"],
+                              opt_size=args.opt_size or DEFAULT_PROFILE["opt"],
+                              max_size=args.max_size or DEFAULT_PROFILE["max"])
         print(f"wrote {engine} and {engine}.json", file=sys.stderr)
         payload["engine"] = str(engine)
     elif args.format == "triton":

@@ -1,9 +1,11 @@
-"""TensorRT 10+ engines from the exported ONNX graph, and a static op check for machines without TensorRT.
+"""TensorRT 10 and 11 engines from the exported ONNX graph, and a static op check for machines without TensorRT.
 
-Only the TensorRT 10 Python API is used (no implicit batch, no deprecated binding calls):
-`trt.Builder` -> `create_network(0)` (explicit batch is the only mode in 10.x) -> `trt.OnnxParser` ->
-`builder_config.set_memory_pool_limit(WORKSPACE, ...)`, FP16 flag, one optimisation profile for `images`,
-a timing cache file, `build_serialized_network`. Writes `X.engine` and `X.engine.json` (the ONNX metadata dict).
+Only API common to TensorRT 10 and 11 is used (no implicit batch, no deprecated binding calls):
+`trt.Builder` -> `create_network(flags)` -> `trt.OnnxParser` -> `set_memory_pool_limit(WORKSPACE, ...)`, one
+optimisation profile for `images`, a timing cache file, `build_serialized_network`. FP16: TensorRT 10 sets
+`BuilderFlag.FP16`; TensorRT 11 removed weak typing, so the graph is first converted to mixed precision with
+NVIDIA ModelOpt AutoCast (`nvidia-modelopt`, imported lazily) and built as a strongly typed network. Writes
+`X.engine` and `X.engine.json` (the ONNX metadata dict plus the profile the predictor fits inputs into).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serving.backends.trt_runtime import DEFAULT_PROFILE
 
 OPS_FILE = Path(__file__).with_name("trt_supported_ops.json")
 
@@ -91,8 +95,9 @@ def _require_tensorrt():  # type: ignore[no-untyped-def]
     except ImportError:
         raise UserError("TensorRT is not installed (pip install 'sfdeploy[tensorrt]' on a machine with an NVIDIA GPU); "
                         "export --format onnx works everywhere") from None
-    if int(str(trt.__version__).split(".")[0]) < 10:
-        raise UserError(f"TensorRT {trt.__version__} found; sfdeploy needs TensorRT 10 or newer")
+    major = int(str(trt.__version__).split(".")[0])
+    if not 10 <= major <= 11:
+        raise UserError(f"TensorRT {trt.__version__} found; sfdeploy supports TensorRT 10 and 11")
     try:
         import torch
 
@@ -104,47 +109,86 @@ def _require_tensorrt():  # type: ignore[no-untyped-def]
     return trt
 
 
-def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = False, min_size: int = 128,
-                 opt_size: int = 640, max_size: int = 1333, workspace_gb: float = 4.0,
+def fp16_mode(trt: Any) -> str:
+    """"flag" (TensorRT 10: BuilderFlag.FP16) or "strongly_typed" (TensorRT 11 removed the flag)."""
+    return "flag" if hasattr(trt.BuilderFlag, "FP16") else "strongly_typed"
+
+
+def _mixed_precision_onnx(onnx_path: Path, out: Path) -> Path:
+    """TensorRT 11 FP16: an FP16 mixed-precision copy of the graph (fp32 inputs/outputs) via ModelOpt AutoCast."""
+    from sfdeploy.errors import UserError
+
+    try:
+        import modelopt.onnx.autocast as autocast  # type: ignore[import-not-found]
+    except ImportError:
+        raise UserError("TensorRT 11 builds FP16 engines only from a mixed-precision graph: pip install "
+                        "nvidia-modelopt (or use TensorRT 10, or build without --fp16)") from None
+    import onnx
+
+    converted = autocast.convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type="fp16",
+                                                    keep_io_types=True)
+    path = out.with_suffix(".fp16.onnx")
+    _atomic_write(path, converted.SerializeToString())
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = False,
+                 min_size: int = DEFAULT_PROFILE["min"], opt_size: int = DEFAULT_PROFILE["opt"],
+                 max_size: int = DEFAULT_PROFILE["max"], workspace_gb: float = 4.0,
                  timing_cache: str | Path | None = None) -> Path:
-    """Build `out_path` (.engine) + `out_path.json` from an exported ONNX graph. Fails at once without TensorRT/GPU."""
+    """Build `out_path` (.engine) + `out_path.json` from an exported ONNX graph. Fails at once without TensorRT/GPU.
+
+    The default profile (32..2048 px per side) covers every image the predictor sends with its default max side."""
     from sfdeploy.errors import UserError
 
     trt = _require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out_path)
-    if not (min_size <= opt_size <= max_size):
-        raise UserError(f"need --min-size <= --opt-size <= --max-size, got {min_size}, {opt_size}, {max_size}")
+    if not (1 <= min_size <= opt_size <= max_size):
+        raise UserError(f"need 1 <= --min-size <= --opt-size <= --max-size, got {min_size}, {opt_size}, {max_size}")
+    mode = fp16_mode(trt) if fp16 else "fp32"
+    parse_path = _mixed_precision_onnx(onnx_path, out) if mode == "strongly_typed" else onnx_path
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if mode == "strongly_typed" else 0
+    network = builder.create_network(flags)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(parse_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise UserError(f"TensorRT could not parse {parse_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16:
-        if not builder.platform_has_fast_fp16:
+    if mode == "flag":
+        if not getattr(builder, "platform_has_fast_fp16", True):
             raise UserError("this GPU has no fast FP16; build without --fp16")
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape("images", (1, 3, min_size, min_size), (1, 3, opt_size, opt_size), (1, 3, max_size, max_size))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise UserError(f"TensorRT rejected the optimisation profile {min_size}/{opt_size}/{max_size} for 'images'")
     cache_path = Path(timing_cache) if timing_cache else out.with_suffix(".timing.cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is None or config.set_timing_cache(cache, ignore_mismatch=False) is False:
+        raise UserError(f"TensorRT could not use the timing cache {cache_path} (delete it and build again)")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    _atomic_write(out, bytes(serialized))
+    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
     from .onnx import read_metadata
 
     meta = dict(read_metadata(onnx_path))
     meta.update({"sfdeploy.tensorrt": json.dumps({
-        "version": trt.__version__, "fp16": fp16, "profile": {"min": min_size, "opt": opt_size, "max": max_size},
+        "version": trt.__version__, "fp16": fp16, "precision": mode,
+        "profile": {"min": min_size, "opt": opt_size, "max": max_size},
         "workspace_gb": workspace_gb, "build_seconds": round(time.perf_counter() - t0, 2), "onnx": onnx_path.name})})
-    Path(str(out) + ".json").write_text(json.dumps(meta, indent=2))
+    _atomic_write(Path(str(out) + ".json"), json.dumps(meta, indent=2).encode())
     return out

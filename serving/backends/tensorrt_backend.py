@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..predictor import Predictor, config_from_metadata, parse_metadata
+from .trt_runtime import Profile, check, execute, fit_to_profile
 
 
 def _user_error(message: str) -> Exception:
@@ -54,6 +55,10 @@ class TensorRTPredictor(Predictor):
             raise _user_error(f"{side}: not valid JSON ({exc})") from None
         md = parse_metadata(props)
         config = config_from_metadata(md, str(side))
+        try:
+            self.profile = Profile.from_sidecar(props)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _user_error(f"{side}: {exc}") from None
         device = device if device and str(device).startswith("cuda") else "cuda"
         super().__init__(config, md, source=str(path), device=device, **kwargs)
 
@@ -68,6 +73,8 @@ class TensorRTPredictor(Predictor):
                 raise _user_error(f"{path}: TensorRT could not deserialize the engine (built with another "
                                   "TensorRT version or GPU?)")
             self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise _user_error(f"{path}: TensorRT could not create an execution context (out of GPU memory?)")
             self.stream = torch.cuda.Stream(device=device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -77,20 +84,26 @@ class TensorRTPredictor(Predictor):
         self.input_name = self.input_names[0]
         self.allocator = _make_allocator(trt, torch, device)
         for name in self.output_names:
-            self.context.set_output_allocator(name, self.allocator)
+            check(self.context.set_output_allocator(name, self.allocator), f"set_output_allocator({name})")
+
+    @property  # type: ignore[override]
+    def max_side(self) -> int:
+        """Images are shrunk (the shared resize: coordinates map back) to the profile's max side at most."""
+        return min(self._max_side or self.profile.max, self.profile.max)
+
+    @max_side.setter
+    def max_side(self, value: int | None) -> None:
+        self._max_side = value
 
     def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         torch, trt = self._torch, self._trt
+        tensor = fit_to_profile(tensor, self.profile)
         with self.lock, torch.cuda.device(self.device):
             x = torch.from_numpy(tensor).to(self.device, non_blocking=False).contiguous()
-            self.context.set_input_shape(self.input_name, tuple(x.shape))
-            self.context.set_tensor_address(self.input_name, x.data_ptr())
-            for name in self.output_names:  # placeholder addresses; the allocator supplies the real ones
-                self.context.set_tensor_address(name, self.allocator.address(name))
-            ok = self.context.execute_async_v3(self.stream.cuda_stream)
+            # output addresses are placeholders; the allocator supplies the real ones
+            execute(self.context, self.input_name, tuple(x.shape), x.data_ptr(), self.output_names,
+                    self.allocator.address, self.stream.cuda_stream)
             self.stream.synchronize()
-            if not ok:
-                raise RuntimeError("TensorRT execute_async_v3 failed")
             out = {}
             for name in self.output_names:
                 shape = tuple(self.allocator.shapes[name])
