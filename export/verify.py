@@ -107,7 +107,9 @@ class ParityError(Exception):
 # ------------------------------------------------------------------------------------------- ORT session
 def ort_session(path: str | Path, threads: int | None = None, profile_prefix: str | None = None):  # type: ignore[no-untyped-def]
     """The CPU session the project deploys with: all graph optimisations, sequential execution."""
-    import onnxruntime as ort
+    from sfdeploy.ort import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -10,14 +10,18 @@ import numpy as np
 
 from ..predictor import Predictor, config_from_metadata, parse_metadata
 
-PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# TensorRT's provider is opt-in (providers=[...]): it builds an engine per new input shape range, minutes at first.
+PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def choose_providers(available: Sequence[str], device: str | None = None,
                      providers: Sequence[str] | None = None) -> list[str]:
-    """Explicit `providers` win (must be available); else TensorRT > CUDA > CPU among `available`
-    (device "cpu" restricts to CPU)."""
+    """Explicit `providers` win (must be available); else CUDA > CPU among `available` (device "cpu" restricts
+    to CPU). A GPU device without a CUDA provider warns (a CPU-only ORT wheel) and falls back to the CPU."""
     from sfdeploy.errors import UserError
+    from sfdeploy.ort import warn_if_no_cuda
+
+    warn_if_no_cuda(device, available)
 
     if providers:
         missing = [p for p in providers if p not in available]
@@ -44,15 +48,20 @@ class OnnxRuntimePredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str | None = None, providers: Sequence[str] | None = None,
-                 threads: int | None = None, **kwargs: Any) -> None:
-        import onnxruntime as ort
-
+                 threads: int | None = None, trt_cache_dir: str | Path | None = None, trt_fp16: bool = False,
+                 **kwargs: Any) -> None:
         from sfdeploy.errors import UserError
+        from sfdeploy.ort import import_onnxruntime
 
+        from .ort_providers import with_options
+
+        ort = import_onnxruntime()
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
-        chosen = choose_providers(ort.get_available_providers(), device, providers)
+        names = choose_providers(ort.get_available_providers(), device, providers)
+        chosen = with_options(names, device, trt_fp16=trt_fp16,
+                              trt_cache_dir=trt_cache_dir or path.with_name(path.name + ".trt_cache"))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or cpu_cores()

@@ -76,7 +76,7 @@ def test_provider_preference():
     from serving.backends.onnxruntime_backend import choose_providers
 
     avail = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
-    assert choose_providers(avail) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(avail) == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # TensorRT is opt-in
     assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider",
                                                                                     "CPUExecutionProvider"]
     assert choose_providers(avail, device="cpu") == ["CPUExecutionProvider"]
