@@ -92,7 +92,18 @@ def _register_train(sub: Any) -> None:
     t.add_argument("--grad-clip", type=float, help="max gradient norm (0: no clipping)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto | cpu | cuda[:N]")
-    t.add_argument("--amp", action="store_const", const=True, default=None, help="mixed precision (CUDA only)")
+    t.add_argument("--amp", nargs="?", const="fp16", choices=("off", "fp16", "bf16"), default=None,
+                   help="mixed precision: fp16 (CUDA; bare --amp), bf16 (CUDA or CPU; anchors and boxes stay fp32)")
+    g = p.add_argument_group("GPU speed")
+    g.add_argument("--dist-timeout", type=float, dest="dist_timeout_minutes",
+                   help="torchrun: process-group timeout in minutes (default 60: rank 0 evaluates meanwhile)")
+    g.add_argument("--cudnn-benchmark", action="store_const", const=True, default=None,
+                   help="autotune cuDNN convolutions (pays off with a fixed --image-size)")
+    g.add_argument("--no-tf32", dest="tf32", action="store_const", const=False, default=None,
+                   help="exact fp32 matmuls/convolutions (default: TF32 on Ampere and newer)")
+    g.add_argument("--channels-last", action="store_const", const=True, default=None, help="NHWC convolutions")
+    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the backbone")
+    g.add_argument("--no-pin-memory", dest="pin_memory", action="store_const", const=False, default=None)
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (needs --val-data)")
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--log-every", type=int)
@@ -113,6 +124,8 @@ MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", 
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
                "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "seed", "device", "amp", "eval_every",
                "checkpoint_every", "log_every", "divergence_factor", "plots")
+
+GPU_FLAGS = ("dist_timeout_minutes", "cudnn_benchmark", "tf32", "channels_last", "compile", "pin_memory")
 
 
 def _parse_priors(items: list[str] | None) -> dict[str, float]:
@@ -154,7 +167,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     priors = _parse_priors(args.prior)
     if priors:
         model["priors"] = {**(model.get("priors") or {}), **priors}
-    for flag in TRAIN_FLAGS:
+    for flag in TRAIN_FLAGS + GPU_FLAGS:
         value = getattr(args, flag, None)
         if value is not None:
             base[flag] = value

@@ -7,7 +7,9 @@ trainer calls `init_from_env()`, which does nothing when WORLD_SIZE is unset or 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -35,10 +37,13 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def init_from_env(device: str = "auto") -> DistInfo:
+def init_from_env(device: str = "auto", timeout_minutes: float = 60.0) -> DistInfo:
     """Initialise the default process group from torchrun's env (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
 
     Backend: NCCL when training on CUDA, gloo otherwise. Returns a single-process DistInfo without torchrun.
+    The timeout covers rank 0 evaluating or estimating priors while the others wait in a barrier (NCCL's default
+    10 minutes kills every rank during a COCO-sized evaluation); NCCL also gets this rank's device_id, so its
+    communicator is bound to the right GPU at once.
     """
     world = env_world_size()
     if world <= 1:
@@ -51,8 +56,47 @@ def init_from_env(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(local_rank)
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), False)
-    dist.init_process_group(backend=backend)
+    kwargs: dict[str, Any] = {"timeout": timedelta(minutes=timeout_minutes)}
+    if backend == "nccl":
+        kwargs["device_id"] = torch.device("cuda", local_rank)
+    dist.init_process_group(backend=backend, **kwargs)
     return DistInfo(rank, world, local_rank, backend, True)
+
+
+def rank_device(name: str, info: DistInfo, cuda_available: bool) -> torch.device:
+    """The device of this process. Under torchrun (more than one rank) every CUDA request means cuda:LOCAL_RANK:
+    one GPU per rank (choose GPUs with CUDA_VISIBLE_DEVICES), never every rank on the `cuda:N` given."""
+    if name == "auto":
+        name = "cuda" if cuda_available else "cpu"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not cuda_available:
+        from sfdeploy.config import ConfigError
+
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if info.enabled:
+        if name not in ("cuda", f"cuda:{info.local_rank}") and info.is_main:
+            warnings.warn(f"--device {name} under torchrun: each rank uses cuda:LOCAL_RANK (select GPUs with "
+                          "CUDA_VISIBLE_DEVICES)", RuntimeWarning, stacklevel=2)
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name) if ":" in name else torch.device("cuda", torch.cuda.current_device())
+
+
+def sync_batchnorm(model: torch.nn.Module, info: DistInfo, device: torch.device) -> int:
+    """Convert trainable BatchNorm layers to SyncBatchNorm when more than one CUDA rank trains (random-init
+    backbones train their BN; per-rank statistics of a few images are noisy). FrozenBatchNorm2d and BN layers
+    whose affine parameters are frozen stay as they are. Returns the number of converted layers."""
+    if not info.enabled or device.type != "cuda":  # SyncBatchNorm needs CUDA (NCCL) tensors
+        return 0
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and \
+                    not isinstance(child, torch.nn.SyncBatchNorm) and \
+                    any(p.requires_grad for p in child.parameters(recurse=False)):
+                setattr(parent, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                count += 1
+    return count
 
 
 def cleanup(info: DistInfo) -> None:

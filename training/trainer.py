@@ -35,9 +35,11 @@ from sfdeploy.models.builder import resolved_prior
 from sfdeploy.sampling_free import GuidedLossScaling
 
 from . import distributed as D
+from . import gpu
 from .config import TrainConfig
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+from .step_sync import DeferredChecks, is_read_step
 
 OUTCOMES = ("completed", "diverged", "interrupted")
 
@@ -82,14 +84,8 @@ class TrainResult:
 
 
 def resolve_device(name: str, info: D.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-        if name == "cuda":
-            return torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
-    return torch.device(name)
+    """Under torchrun each rank uses cuda:LOCAL_RANK (distributed.rank_device)."""
+    return D.rank_device(name, info, torch.cuda.is_available())
 
 
 def memory_mb(device: torch.device) -> float:
@@ -228,7 +224,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     """Run (or resume, cfg.resume) one training run; see the module docstring. `stop_at`: stop after that step as
     if interrupted (tests/resume demos). Raises ConfigError/DataError/CheckpointError for user problems."""
     cfg = TrainConfig.from_dict(cfg.to_dict())  # private copy: we resolve class names and priors into it
-    info = D.init_from_env(cfg.device)
+    info = D.init_from_env(cfg.device, timeout_minutes=cfg.dist_timeout_minutes)
     try:
         return _train(cfg, info, progress, stop_at)
     finally:
@@ -297,9 +293,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, load_backbone_weights=ckpt is None).to(device)
     model.train()
+    amp_dt = gpu.amp_dtype(cfg.amp, device)
+    gpu.configure_backends(cfg, device)
+    speed = gpu.prepare_model(model, cfg, info, device, amp_dt)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, total_steps, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = amp_dt is torch.float16  # fp16 needs loss scaling; bf16 has fp32's range
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     step = 0
@@ -324,7 +323,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
         if step >= total_steps:
             say(f"nothing to do: the checkpoint is at step {step} and the run has {total_steps} steps "
                 "(raise --max-steps to train further)")
-    ddp_model = D.wrap_ddp(model, info, device, find_unused_parameters=cfg.model.is_two_stage)
+    # every parameter gets a gradient every step, two-stage detectors included (measured): no unused-parameter scan
+    ddp_model = D.wrap_ddp(model, info, device, find_unused_parameters=False)
 
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard, enabled=main)
     if ckpt is None:
@@ -335,6 +335,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
                 "detector": cfg.model.detector, "method": cfg.model.method, "backbone": cfg.model.backbone,
                 "priors": priors_used, "lr": cfg.effective_lr, "batch_size": cfg.batch_size,
                 "world_size": info.world_size, "train_images": len(dataset), "device": str(device),
+                "amp": cfg.amp if amp_dt is not None else "off", **speed,
                 "tensorboard": logger.tensorboard_enabled})
     say(f"training {cfg.model.detector}/{cfg.model.method}/{cfg.model.backbone} on {len(dataset)} images "
         f"({cfg.data}), {total_steps} steps x batch {cfg.batch_size}"
@@ -366,8 +367,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
                                 start=step * cfg.batch_size)
     loader = torch.utils.data.DataLoader(
         D.SeededSamples(dataset), batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
-        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=2 if cfg.workers > 0 else None,
+        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.persistent_workers and cfg.workers > 0, prefetch_factor=2 if cfg.workers > 0 else None,
     )
 
     step_times: list[float] = []
@@ -377,6 +379,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     div_term: str | None = None
     last_losses: dict[str, float] = {}
     params = [p for p in model.parameters() if p.requires_grad]
+    deferred = DeferredChecks(device)
+    grad_norm = float("nan")
 
     if main and ckpt is None:
         save(out / "last.pt", "in_progress", {}, 0)  # a good checkpoint always exists (step 0)
@@ -404,6 +408,25 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
                 save(out / "best.pt", "in_progress" if step_now < total_steps else "completed", metrics, step_now)
         D.barrier(info)
 
+    def _backward(total: torch.Tensor) -> torch.Tensor:
+        """Backward and gradient norm (a device tensor: clipped when configured, else only measured)."""
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+        if cfg.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+    def _update() -> None:
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+    def _backward_step(total: torch.Tensor, loss_dict: dict[str, torch.Tensor], step_now: int) -> None:
+        norm = _backward(total)
+        deferred.watch(step_now, loss_dict, None if use_amp else norm)
+        _update()
+
     it = iter(loader)
     try:
         while step < total_steps:
@@ -411,9 +434,24 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
             images, targets = next(it)
             images = [im.to(device, non_blocking=True) for im in images]
             targets = _targets_to(targets, device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dt or torch.float32, enabled=amp_dt is not None):
                 loss_dict = ddp_model(images, targets)
             total = sum(v.float() for v in loss_dict.values())
+            read = is_read_step(step + 1, total_steps=total_steps, log_every=cfg.log_every,
+                                checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
+                                early_needed=len(early) < cfg.divergence_window, stop_at=stop_at)
+            if not read:  # no host sync: the values are checked on the device and read at the next read step
+                _backward_step(total, loss_dict, step + 1)
+                step += 1
+                step_times.append(time.perf_counter() - t0)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            late = deferred.read(info)
+            if late is not None:  # a non-finite value since the last read: stop (last.pt predates it)
+                outcome, (div_step, div_term) = "diverged", late
+                message = f"loss term {div_term!r} was not finite at step {div_step} (read at step {step + 1})"
+                break
             local = {k: float(v.detach()) for k, v in loss_dict.items()}
             vals = D.average_floats(info, local, device)
 
@@ -434,20 +472,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
             if len(early) < cfg.divergence_window:
                 early.append(main_loss)
 
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                params, cfg.grad_clip if cfg.grad_clip is not None else float("inf")))
+            norm = _backward(total)
+            grad_norm = float(norm)
             if not math.isfinite(grad_norm) and not use_amp:  # AMP: the scaler skips such steps by design
                 outcome, div_step, div_term = "diverged", step + 1, "grad_norm"
                 message = f"gradient norm is {grad_norm}"
                 last_losses = vals
                 break
-            scaler.step(optimizer)
-            scaler.update()
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            _update()
             step += 1
             dt = time.perf_counter() - t0
             step_times.append(dt)
@@ -490,10 +523,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
         if main:
             save(out / "last.pt", "completed", final_metrics, step)
     elif outcome == "interrupted":
+        late = deferred.read(info)
+        if late is not None:
+            outcome, (div_step, div_term) = "diverged", late
+            message = f"loss term {div_term!r} was not finite at step {div_step}"
+    if outcome == "interrupted":
         if main:
             save(out / "last.pt", "interrupted", final_metrics, step)
         say(f"{message}; resume with --resume (last.pt is at step {step})")
-    else:  # diverged: keep the last good last.pt as it is, only mark its meta
+    elif outcome == "diverged":  # keep the last good last.pt as it is, only mark its meta
         last = out / "last.pt"
         good_step = None
         if main and last.is_file():

@@ -1,0 +1,55 @@
+"""Speed and precision switches for a training run (issue 16), kept out of the loop so the trainer stays readable.
+
+`amp_dtype`: --amp off|fp16|bf16 -> the autocast dtype (None: off). fp16 needs CUDA (and a GradScaler); bf16 runs
+on CUDA and on CPUs with bf16 support, needs no scaler, and relies on `keep_geometry_fp32` for anchors and boxes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sfdeploy.models.precision import keep_geometry_fp32
+
+from . import distributed as D
+
+AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `mode` on `device`; fp16 off the GPU is off (CPU autocast is bf16 only)."""
+    dtype = AMP_DTYPES[mode]
+    if dtype is torch.float16 and device.type != "cuda":
+        return None
+    return dtype
+
+
+def configure_backends(cfg: Any, device: torch.device) -> None:
+    """Process-wide CUDA switches: cuDNN autotuning and TF32 tensor-core math."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+
+
+def prepare_model(model: torch.nn.Module, cfg: Any, info: D.DistInfo, device: torch.device,
+                  dtype: torch.dtype | None) -> dict[str, Any]:
+    """In place, before the optimiser is built: SyncBatchNorm on several CUDA ranks, fp32 geometry under AMP,
+    channels_last, a compiled backbone. Returns what was done (logged with the run's start)."""
+    done: dict[str, Any] = {"sync_bn_layers": D.sync_batchnorm(model, info, device)}
+    if dtype is not None:
+        done["fp32_geometry"] = keep_geometry_fp32(model)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+        done["channels_last"] = True
+    if cfg.compile:
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            from sfdeploy.config import ConfigError
+
+            raise ConfigError("compile: this model has no .backbone to compile")
+        backbone.compile(dynamic=True)  # in place: parameter names (checkpoints) stay the same
+        done["compiled"] = "backbone"
+    return done
