@@ -88,6 +88,22 @@ def _resolve_source(source: Any, config: Any, meta: dict[str, Any] | None) -> tu
     return model, ckpt.config, dict(ckpt.meta if meta is None else meta)
 
 
+def model_device(model: Any) -> Any:
+    """The device of the model's parameters (CPU for a parameterless model)."""
+    import torch
+
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def example_input(model: Any, hw: tuple[int, int] = DUMMY_HW) -> Any:
+    """The export's dummy image, reproducible (CPU generator), on the model's device: a CUDA-trained model
+    exports where it is."""
+    import torch
+
+    x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0))
+    return x.to(model_device(model))
+
+
 def _export_graph(model: Any, config: Any, out: Path, exporter: str, opset: int, nms: str) -> int:
     """Write the raw graph; returns the opset actually used."""
     import torch
@@ -95,7 +111,7 @@ def _export_graph(model: Any, config: Any, out: Path, exporter: str, opset: int,
     from .adapters import DetectorExportAdapter, dynamo_translation_table, export_patches, register_torchscript_symbolic
 
     adapter = DetectorExportAdapter(model, config.has_masks).eval()
-    dummy = torch.rand(1, 3, *DUMMY_HW, generator=torch.Generator().manual_seed(0))
+    dummy = example_input(model)
     names = output_names(config)
     quiet = io.StringIO()
     with torch.no_grad(), export_patches(model, nms=nms, dynamo=exporter == "dynamo", example=dummy), \

@@ -68,8 +68,18 @@ def render_config(name: str, platform: str, inputs: list[dict[str, Any]], output
 
 
 def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model_name: str | None = None,
-                            engine_path: str | Path | None = None, instance_count: int = 1, version: int = 1) -> Path:
-    """Write the model repository; returns the model folder. `engine_path` -> tensorrt_plan variant (GPU)."""
+                            engine_path: str | Path | None = None, instance_count: int = 1, version: int = 1,
+                            kind: str | None = None) -> Path:
+    """Write the model repository; returns the model folder. `engine_path` -> tensorrt_plan variant (GPU).
+
+    kind: the instance group's KIND_CPU / KIND_GPU; default KIND_GPU for an engine, KIND_CPU for ONNX (pass
+    KIND_GPU to run the ONNX graph with ONNX Runtime's CUDA provider inside Triton)."""
+    from sfdeploy.errors import UserError
+
+    if kind not in (None, "KIND_CPU", "KIND_GPU"):
+        raise UserError(f"Triton instance kind must be KIND_CPU or KIND_GPU, got {kind!r}")
+    if engine_path is not None and kind == "KIND_CPU":
+        raise UserError("a TensorRT engine runs on the GPU only: kind KIND_GPU")
     from .onnx import read_metadata
 
     onnx_path = Path(onnx_path)
@@ -88,7 +98,7 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
         platform, kind = "tensorrt_plan", "KIND_GPU"
     else:
         shutil.copyfile(onnx_path, model_dir / str(version) / "model.onnx")
-        platform, kind = "onnxruntime_onnx", "KIND_CPU"
+        platform, kind = "onnxruntime_onnx", kind or "KIND_CPU"
     text = render_config(name, platform, inputs, outputs, max_batch_size=0, instance_count=instance_count,
                          kind=kind, dynamic_batching=dynamic, parameters=keep)
     (model_dir / "config.pbtxt").write_text(text)

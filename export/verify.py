@@ -285,11 +285,14 @@ def verify_onnx(onnx_path: str | Path, model: Any, config: Any, *, sizes: tuple[
     names = [o.name for o in sess.get_outputs()]
     results = []
     imgs = images if images is not None else parity_images(tuple(sizes), data)
+    from .onnx import model_device
+
+    device = model_device(model)
     for name, img in imgs:
         size = (int(img.shape[1]), int(img.shape[2]))
         with torch.no_grad():
-            ref_t = model([torch.from_numpy(img)])[0]
-        ref = {k: v.numpy() for k, v in ref_t.items()}
+            ref_t = model([torch.from_numpy(img).to(device)])[0]
+        ref = {k: v.detach().cpu().numpy() for k, v in ref_t.items()}
         outs = sess.run(None, {"images": img[None]})
         problems = _check_output_contract(outs, names, size)
         got = dict(zip(names, outs))
