@@ -187,7 +187,8 @@ def _evaluate(model: torch.nn.Module, dataset, cfg: TrainConfig, device: torch.d
     m.eval()
     try:
         with torch.no_grad():
-            return evaluate(m, dataset, device=str(device), batch_size=cfg.eval_batch_size, progress=progress)
+            return evaluate(m, dataset, device=str(device), batch_size=cfg.eval_batch_size, progress=progress,
+                            workers=cfg.workers)
     finally:
         m.train()
 
