@@ -41,6 +41,14 @@ class TrainConfig:
     amp: str = "off"  # off | fp16 (CUDA) | bf16 (CUDA, or CPU); true/false in old configs mean fp16/off
     device: str = "auto"
     workers: int = 2
+    # --- GPU (issue 16): speed switches and multi-GPU robustness ---
+    dist_timeout_minutes: float = 60.0  # process-group timeout: rank 0 evaluates / estimates priors meanwhile
+    cudnn_benchmark: bool = False  # autotune convolutions (pays off when image sizes repeat: fixed --image-size)
+    tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ (fp32 training ~ fp32 accuracy, several x faster)
+    channels_last: bool = False  # NHWC convolutions (faster with AMP on tensor cores)
+    compile: bool = False  # torch.compile the backbone (dynamic shapes); the first steps compile
+    pin_memory: bool = True  # CUDA only
+    persistent_workers: bool = True  # keep DataLoader workers between evaluations / epochs
     seed: int = 0
     hflip: bool = True
     scale_jitter: tuple[float, float] | None = None
@@ -56,14 +64,6 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     prior_cache_dir: str | None = None  # None: estimate_priors' default cache
     plots: bool = True  # loss-dynamics PNGs at the end of the run
-    # --- GPU (issue 16): speed switches and multi-GPU robustness ---
-    dist_timeout_minutes: float = 60.0  # process-group timeout: rank 0 evaluates / estimates priors meanwhile
-    cudnn_benchmark: bool = False  # autotune convolutions (pays off when image sizes repeat: fixed --image-size)
-    tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ (fp32 training ~ fp32 accuracy, several x faster)
-    channels_last: bool = False  # NHWC convolutions (faster with AMP on tensor cores)
-    compile: bool = False  # torch.compile the backbone (dynamic shapes); the first steps compile
-    pin_memory: bool = True  # CUDA only
-    persistent_workers: bool = True  # keep DataLoader workers between evaluations / epochs
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
