@@ -367,7 +367,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     sampler = D.InfiniteSampler(len(dataset), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                                 start=step * cfg.batch_size)
     loader = torch.utils.data.DataLoader(
-        D.SeededSamples(dataset), batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
+        gpu.Uint8Images(D.SeededSamples(dataset)) if cfg.uint8_images and device.type == "cuda"
+        else D.SeededSamples(dataset), batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
         collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=cfg.persistent_workers and cfg.workers > 0, prefetch_factor=2 if cfg.workers > 0 else None,
@@ -433,7 +434,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
         while step < total_steps:
             t0 = time.perf_counter()
             images, targets = next(it)
-            images = [im.to(device, non_blocking=True) for im in images]
+            images = [gpu.image_to_device(im, device) for im in images]
             targets = _targets_to(targets, device)
             with torch.autocast(device_type=device.type, dtype=amp_dt or torch.float32, enabled=amp_dt is not None):
                 loss_dict = ddp_model(images, targets)

@@ -133,3 +133,15 @@ def test_values_are_read_on_logging_steps_only_and_a_nan_between_reads_is_caught
     ckpt = load_checkpoint(tmp_path / "nan" / "last.pt")
     assert ckpt.meta["step"] == 0 and ckpt.meta["diverged_step"] == 7
     assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point())
+
+
+def test_uint8_images_round_trip_within_half_a_level():
+    from training.gpu import Uint8Images, image_to_device
+
+    image = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(0))
+    data = Uint8Images([(image, {"boxes": torch.zeros(0, 4)})])
+    sent, target = data[0]
+    assert sent.dtype == torch.uint8 and target["boxes"].shape == (0, 4)
+    back = image_to_device(sent, torch.device("cpu"))
+    assert back.dtype == torch.float32 and (back - image).abs().max() <= 0.5 / 255 + 1e-7
+    assert torch.equal(image_to_device(image, torch.device("cpu")), image)  # float images pass unchanged
