@@ -22,6 +22,10 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     dtype = AMP_DTYPES[mode]
     if dtype is torch.float16 and device.type != "cuda":
         return None
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        from sfdeploy.config import ConfigError
+
+        raise ConfigError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --amp fp16")
     return dtype
 
 

@@ -295,6 +295,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     model = build_model(cfg.model, load_backbone_weights=ckpt is None).to(device)
     model.train()
     amp_dt = gpu.amp_dtype(cfg.amp, device)
+    if cfg.amp != "off" and amp_dt is None:
+        say(f"warning: --amp {cfg.amp} needs CUDA; training on {device} in fp32 (bf16 works on the CPU)")
     gpu.configure_backends(cfg, device)
     speed = gpu.prepare_model(model, cfg, info, device, amp_dt)
     optimizer = build_optimizer(model, cfg)

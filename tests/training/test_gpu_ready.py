@@ -145,3 +145,14 @@ def test_uint8_images_round_trip_within_half_a_level():
     back = image_to_device(sent, torch.device("cpu"))
     assert back.dtype == torch.float32 and (back - image).abs().max() <= 0.5 / 255 + 1e-7
     assert torch.equal(image_to_device(image, torch.device("cpu")), image)  # float images pass unchanged
+
+
+def test_amp_modes():
+    from training.config import TrainConfig
+    from training.gpu import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("off", cpu) is None and amp_dtype("fp16", cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
+    assert TrainConfig(amp=True).amp == "fp16" and TrainConfig(amp=False).amp == "off"  # old configs still load
+    with pytest.raises(ConfigError, match="amp"):
+        TrainConfig(amp="fp8")
