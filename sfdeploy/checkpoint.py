@@ -97,7 +97,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"{p} uses checkpoint format {payload['format_version']}; upgrade sfdeploy to read it")
     try:
-        config = ModelConfig.from_dict(payload["config"])
+        config = ModelConfig.from_artefact(payload["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{p} has an invalid model config: {exc}") from exc
     extra = {k: v for k, v in payload.items() if k not in {"format", "format_version", "sfdeploy_version",

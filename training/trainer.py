@@ -32,7 +32,7 @@ from sfdeploy.config import ConfigError
 from sfdeploy.data import build_dataset, collate, train_transforms
 from sfdeploy.models import build_model
 from sfdeploy.models.builder import resolved_prior
-from sfdeploy.sampling_free import GuidedLossScaling
+from sfdeploy.sampling_free import FrozenGuidedLoss, GuidedLossScaling
 
 from . import distributed as D
 from .config import TrainConfig
@@ -141,10 +141,10 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def guide_values(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """{module name: {g, delta, loss_cls_raw, loss_loc}} of every GuidedLossScaling after a training forward."""
+    """{module name: {g, delta | sigma_*, loss_cls_raw, loss_loc}} of every guide after a training forward."""
     out = {}
     for name, m in D.unwrap(model).named_modules():
-        if isinstance(m, GuidedLossScaling) and m.last:
+        if isinstance(m, (GuidedLossScaling, FrozenGuidedLoss)) and m.last:
             out[name] = {k: float(v) for k, v in m.last.items()}
     return out
 
