@@ -12,6 +12,8 @@ Variants (`--variants`):
   sampling_free  ce + optimal init + guided scaling (= the method)
   sf-512rois     sampling_free with 512 instead of 1000 training proposals per image (R-CNNs; the cost knob)
   sf-mask128     sampling_free Mask R-CNN, mask head on at most 128 random positives per image (the cost knob)
+  sf-frozen      sampling_free with the authors' 2021 one-stage guide (g frozen after 100 steps, sigma per term)
+  sf-rcnn-delta  sampling_free with a learnable delta on the RPN / RoI guide (this project's earlier deviation)
 
 Data sets (`--dataset`):
   synthetic      built-in scenes: synthetic:N train split, synthetic:M val split (disjoint RNG streams)
@@ -48,6 +50,8 @@ VARIANTS = {
     "sampling_free": {"method": "sampling_free"},
     "sf-512rois": {"method": "sampling_free", "rpn_post_nms_top_n_train": 512},
     "sf-mask128": {"method": "sampling_free", "mask_positives_per_image": 128},
+    "sf-frozen": {"method": "sampling_free", "guided_form": "frozen"},  # the authors' 2021 one-stage form
+    "sf-rcnn-delta": {"method": "sampling_free", "rcnn_guide_delta": True},  # the earlier learnable R-CNN delta
 }
 RACCOON = Path("/work/shared/datasets/raccoon")
 COLLAPSE_AP = 0.001
@@ -213,6 +217,7 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
         res["wall_s"] = round(time.time() - t0, 1)
         (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
     test = test_metrics(args, out, res)
+    extra = {t: low_threshold_metrics(args, data, out, res, t) for t in args.extra_thresh}
     metrics = res.get("final_metrics") or {}
     bbox = (metrics.get("bbox") or {})
     ap = bbox.get("AP")
@@ -226,10 +231,32 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
            "median_step_time_s": res.get("median_step_time_s"), "wall_s": res.get("wall_s"),
            "metrics_jsonl": str(out / "metrics.jsonl"),
            "test_AP": ((test or {}).get("bbox") or {}).get("AP"), "test_AP50": ((test or {}).get("bbox") or {}).get("AP50"),
-           "test_segm_AP": ((test or {}).get("segm") or {}).get("AP")}
+           "test_segm_AP": ((test or {}).get("segm") or {}).get("AP"),
+           **{f"AP@{t:g}": ((m or {}).get("bbox") or {}).get("AP") for t, m in extra.items()},
+           **{f"AP50@{t:g}": ((m or {}).get("bbox") or {}).get("AP50") for t, m in extra.items()},
+           **{f"detections@{t:g}": (m or {}).get("detections") for t, m in extra.items()}}
     print(f"  {detector:12s} {variant:14s} seed {seed}: {outcome:9s} AP {ap}  ({res.get('wall_s')} s)", file=sys.stderr,
           flush=True)
     return row
+
+
+def low_threshold_metrics(args: argparse.Namespace, data: dict, out: Path, res: dict, thresh: float) -> dict | None:
+    """Val-split COCO metrics of the final checkpoint at another score threshold (cached per run and threshold)."""
+    ckpt = out / "last.pt"
+    if res.get("outcome") == "diverged" or not ckpt.is_file():
+        return None
+    key = f"{data['val_data']}[{data['val_split']}]|{thresh}|{ckpt.stat().st_size}|{ckpt.stat().st_mtime_ns}"
+    cache = out / f"val_eval_thresh_{thresh:g}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["metrics"]
+    from training.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(ckpt, data["val_data"], split=data["val_split"], images_dir=data.get("images_dir"),
+                                  progress=False, device=args.device, score_thresh=thresh)
+    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    return metrics
 
 
 def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
@@ -412,6 +439,8 @@ def main() -> None:
     p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,
                    help="max gradient norm; default none (no clipping), the trainer's and the authors' setting")
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
+    p.add_argument("--extra-thresh", type=float, nargs="*", default=[],
+                   help="also evaluate each final model on the val split at these thresholds (e.g. 1e-4)")
     p.add_argument("--train-images", type=int, default=200)
     p.add_argument("--val-images", type=int, default=50)
     p.add_argument("--test-images", type=int, default=100,
