@@ -148,10 +148,12 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .config import TrainConfig
 
     base: dict[str, Any] = {}
+    written_by_us = False  # a run's own config.yaml: read with what older releases trained with
     if args.config:
         base = load_yaml_file(args.config)
     elif args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         base = load_yaml_file(Path(args.out) / "config.yaml")
+        written_by_us = True
     model = dict(base.pop("model", {}) or {})
     for flag, key in MODEL_FLAGS.items():
         value = getattr(args, flag, None)
@@ -176,7 +178,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.grad_clip is not None:
         base["grad_clip"] = args.grad_clip if args.grad_clip > 0 else None
     base["resume"] = bool(args.resume)
-    base["model"] = ModelConfig.from_dict(model)
+    base["model"] = ModelConfig.from_artefact(model) if written_by_us else ModelConfig.from_dict(model)
     return TrainConfig.from_dict(base)
 
 

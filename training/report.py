@@ -125,11 +125,15 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
         for name in guides:
             xs, g = _guide_series(records, name, "g")
             ax_g.plot(xs, g, label=name)
-            xs, d = _guide_series(records, name, "delta")
-            ax_d.plot(xs, d, label=name)
+            # the paper's form learns delta; the authors' 2021 form learns one sigma per loss term
+            weights = sorted({k for r in records for k in ((r.get("guide") or {}).get(name) or {})
+                              if k == "delta" or k.startswith("sigma_")})
+            for key in weights:
+                xs, d = _guide_series(records, name, key)
+                ax_d.plot(xs, d, label=name if key == "delta" else f"{name} {key}")
         ax_g.set_yscale("log")
         ax_g.set_title("guided scale g = L_loc / L_cls")
-        ax_d.set_title("learnt delta")
+        ax_d.set_title("learnt delta / sigma")
         for ax in (ax_g, ax_d):
             ax.set_xlabel("step")
             ax.legend(fontsize=8)
