@@ -69,7 +69,7 @@ def save_checkpoint(
 
 # torch's advice to re-run with weights_only=False (or to allow-list globals) would execute whatever the file
 # holds: a checkpoint never needs it, so the message never passes it on.
-_UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|trusted source|documentation|arbitrary code", re.I)
+_UNSAFE_ADVICE = re.compile(r"weights[_ ]only|safe_globals|trusted source|documentation|arbitrary code", re.I)
 
 
 def load_failure_reason(exc: BaseException) -> str:
