@@ -92,3 +92,28 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_triton_repository_rewrite_failing_mid_copy_keeps_the_served_model(tiny_checkpoint: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton polls its repository: a rewrite that dies while copying must not leave it half a model."""
+    import shutil
+
+    import export.triton as et
+    from export.onnx import export_onnx
+
+    graph = export_onnx(tiny_checkpoint, tmp_path / "m.onnx", exporter="torchscript", verify=False).path
+    model_dir = et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
+    served = model_dir / "1" / "model.onnx"
+    before = served.read_bytes()
+    assert stat.S_IMODE(served.stat().st_mode) == 0o666 & ~_umask()
+
+    def dying_copy(src, dst, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfile", dying_copy)
+    with pytest.raises(OSError, match="disk full"):
+        et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
+    assert served.read_bytes() == before
+    assert sorted(p.name for p in served.parent.iterdir()) == ["model.onnx"]
