@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sfdeploy.io import atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 VARIANTS = {
     "baseline": {"method": "baseline"},
@@ -160,7 +161,7 @@ def prepare_nuclei(cache: Path, tile: int = 128) -> dict | None:
                                  "area": float(m.sum()), "segmentation": rle})
         coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "nucleus"}],
                 "info": {"source": f"stardist demo {found[0].name} / {found[1].name}, {split} half, tiles {tile}"}}
-        paths[split].write_text(json.dumps(coco))
+        atomic_write_text(paths[split], json.dumps(coco))
     return paths
 
 
@@ -206,12 +207,12 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
 
             shutil.rmtree(out)  # stale or unfinished: start clean (no resume across different settings)
         out.mkdir(parents=True)
-        stamp.write_text(settings)
+        atomic_write_text(stamp, settings)
         t0 = time.time()
         result = train(cfg, progress=False)
         res = result.to_dict()
         res["wall_s"] = round(time.time() - t0, 1)
-        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+        atomic_write_text(out / "result.json", json.dumps(res, indent=2, default=str))
     test = test_metrics(args, out, res)
     metrics = res.get("final_metrics") or {}
     bbox = (metrics.get("bbox") or {})
@@ -250,7 +251,7 @@ def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
 
     metrics = evaluate_checkpoint(ckpt, f"synthetic:{args.test_images}", split="test", progress=False,
                                   device=args.device)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, default=str))
     return metrics
 
 
@@ -446,9 +447,9 @@ def main() -> None:
                 rows.append(run_one(args, data, det, var, seed))
                 summary = summarise(rows)
                 meta["machine"]["loadavg_end"] = os.getloadavg()
-                out.with_suffix(".json").write_text(json.dumps({**meta, "summary": summary, "runs": rows}, indent=1,
-                                                               default=str))
-                out.with_suffix(".md").write_text(markdown(meta, summary, rows))
+                atomic_write_text(out.with_suffix(".json"), json.dumps({**meta, "summary": summary, "runs": rows},
+                                                                       indent=1, default=str))
+                atomic_write_text(out.with_suffix(".md"), markdown(meta, summary, rows))
     for det in args.detectors:
         seed = args.seeds[0]
         runs = {v: str(Path(args.runs) / args.dataset / det / v / f"seed{seed}" / "metrics.jsonl")
