@@ -117,3 +117,39 @@ def test_triton_repository_rewrite_failing_mid_copy_keeps_the_served_model(tiny_
         et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
     assert served.read_bytes() == before
     assert sorted(p.name for p in served.parent.iterdir()) == ["model.onnx"]
+
+
+def test_sigterm_during_export_leaves_no_temp_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM, as docker stop / systemd send) mid-write unwinds like Ctrl-C: exit 130, the old
+    artefact intact and no temporary file left behind."""
+    from export.onnx import export_onnx
+
+    out = tmp_path / "model.onnx"
+    export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)
+    old = out.read_bytes()
+    code = textwrap.dedent(f"""
+        import sys, time, onnx
+        def slow_save(model, path, *a, **k):
+            with open(path, "wb") as fh:
+                fh.write(b"half a graph")
+            print("WRITING", flush=True)
+            time.sleep(120)
+        onnx.save = onnx.save_model = slow_save
+        from sfdeploy.cli import main
+        sys.exit(main(["export", {str(tiny_checkpoint)!r}, "--out", {str(out)!r}, "--exporter", "torchscript",
+                       "--no-verify"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert out.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
