@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from sfdeploy.io import atomic_write_text  # noqa: E402 - artefacts: temp file + rename
+from sfdeploy.io import atomic_path, atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 VARIANTS = {
     "baseline": {"method": "baseline"},
@@ -379,7 +379,8 @@ def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | Non
     fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return out_png
 
