@@ -676,8 +676,8 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
     """The gradio Blocks of the demo (not launched). `models_dir` None: $SFDEPLOY_MODELS or runs/quickstart.
 
     Only what the page shows can be called: the detect button is the one documented API endpoint, the other
-    events are private to the page, and the training event exists only with `allow_train` (it writes models
-    into `models_dir`; an event that is registered can be called by any client, hidden button or not)."""
+    events are left out of the API docs, and the training event exists only with `allow_train` (it writes
+    models into `models_dir`; gradio runs any registered event for any client, hidden button or not)."""
     import gradio as gr
 
     root = resolve_models_dir(models_dir)
@@ -863,7 +863,8 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
         main_outputs = [setup_col, setup_md, main_col, family_dd, *family_outputs]
 
         # Each page load shows the current catalog (it changes after Rescan or training from the page).
-        # "private": for the page only, not in the API docs nor callable by name from gradio's clients.
+        # "private": left out of the API docs. gradio still runs any registered event for a client that calls it
+        # the way the page does, so no event may do more than the page's visible controls (hence no on_train).
         private = dict(api_visibility="private")
         demo.load(main_updates, [family_dd], main_outputs, queue=False, **private)
         family_dd.input(family_updates, [family_dd], family_outputs, **private).then(
