@@ -936,7 +936,25 @@ def launch(demo: Any, host: str = "127.0.0.1", port: int | None = None, share: b
     assets = [str(Path(p).parent) for p in example_images()[:1]]
     demo.queue(default_concurrency_limit=1)
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
-                       allowed_paths=assets, show_error=False, prevent_thread_lock=not block, quiet=quiet)
+                       allowed_paths=assets, show_error=False, prevent_thread_lock=not block, quiet=quiet,
+                       app_kwargs={"exception_handlers": _unknown_endpoint_handlers()})
+
+
+def _unknown_endpoint_handlers() -> dict[Any, Callable[..., Any]]:
+    """gradio answers a call to an endpoint that does not exist (e.g. /gradio_api/call/on_train without
+    --allow-train) with a 500 and a traceback in the log; make it a one-line 404."""
+    from gradio import route_utils
+
+    missing = getattr(route_utils, "FnIndexInferError", None)
+    if missing is None:
+        return {}
+
+    async def not_found(request: Any, exc: Exception) -> Any:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"error": f"no such endpoint: {_one_line(exc)}"}, status_code=404)
+
+    return {missing: not_found}
 
 
 if __name__ == "__main__":  # pragma: no cover

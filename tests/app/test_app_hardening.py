@@ -105,7 +105,8 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
-        return err.code, {}
+        text = err.read()
+        return err.code, json.loads(text) if text.startswith(b"{") else {"raw": text.decode(errors="replace")}
 
 
 @pytest.mark.timeout(180)
@@ -132,5 +133,6 @@ def test_train_endpoint_is_not_callable_unless_enabled(tmp_path: Path, monkeypat
             assert status == 200 and "event_id" in body
             assert started == [tmp_path / "models-True"]
         else:
-            assert status != 200 and started == []
+            assert status == 404 and started == []  # a one-line 404, not gradio's 500
+            assert "no such endpoint" in body.get("error", "") and "\n" not in body["error"]
             assert not (tmp_path / "models-False").exists()
