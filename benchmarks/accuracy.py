@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sfdeploy.io import atomic_path, atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 VARIANTS = {
     "baseline": {"method": "baseline"},
@@ -164,7 +165,7 @@ def prepare_nuclei(cache: Path, tile: int = 128) -> dict | None:
                                  "area": float(m.sum()), "segmentation": rle})
         coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "nucleus"}],
                 "info": {"source": f"stardist demo {found[0].name} / {found[1].name}, {split} half, tiles {tile}"}}
-        paths[split].write_text(json.dumps(coco))
+        atomic_write_text(paths[split], json.dumps(coco))
     return paths
 
 
@@ -210,12 +211,12 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
 
             shutil.rmtree(out)  # stale or unfinished: start clean (no resume across different settings)
         out.mkdir(parents=True)
-        stamp.write_text(settings)
+        atomic_write_text(stamp, settings)
         t0 = time.time()
         result = train(cfg, progress=False)
         res = result.to_dict()
         res["wall_s"] = round(time.time() - t0, 1)
-        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+        atomic_write_text(out / "result.json", json.dumps(res, indent=2, default=str))
     test = test_metrics(args, out, res)
     extra = {t: low_threshold_metrics(args, data, out, res, t) for t in args.extra_thresh}
     metrics = res.get("final_metrics") or {}
@@ -277,7 +278,7 @@ def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
 
     metrics = evaluate_checkpoint(ckpt, f"synthetic:{args.test_images}", split="test", progress=False,
                                   device=args.device)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, default=str))
     return metrics
 
 
@@ -405,7 +406,8 @@ def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | Non
     fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return out_png
 
@@ -475,9 +477,9 @@ def main() -> None:
                 rows.append(run_one(args, data, det, var, seed))
                 summary = summarise(rows)
                 meta["machine"]["loadavg_end"] = os.getloadavg()
-                out.with_suffix(".json").write_text(json.dumps({**meta, "summary": summary, "runs": rows}, indent=1,
-                                                               default=str))
-                out.with_suffix(".md").write_text(markdown(meta, summary, rows))
+                atomic_write_text(out.with_suffix(".json"), json.dumps({**meta, "summary": summary, "runs": rows},
+                                                                       indent=1, default=str))
+                atomic_write_text(out.with_suffix(".md"), markdown(meta, summary, rows))
     for det in args.detectors:
         seed = args.seeds[0]
         runs = {v: str(Path(args.runs) / args.dataset / det / v / f"seed{seed}" / "metrics.jsonl")

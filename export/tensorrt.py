@@ -109,6 +109,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
                  timing_cache: str | Path | None = None) -> Path:
     """Build `out_path` (.engine) + `out_path.json` from an exported ONNX graph. Fails at once without TensorRT/GPU."""
     from sfdeploy.errors import UserError
+    from sfdeploy.io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 
     trt = _require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out_path)
@@ -138,13 +139,16 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
     if serialized is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    sidecar = Path(str(out) + ".json")
+    for target in (out, sidecar, cache_path):  # left by a killed earlier build
+        remove_stale_temp_files(target.parent, name=target.name)
+    atomic_write_bytes(out, bytes(serialized))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     from .onnx import read_metadata
 
     meta = dict(read_metadata(onnx_path))
     meta.update({"sfdeploy.tensorrt": json.dumps({
         "version": trt.__version__, "fp16": fp16, "profile": {"min": min_size, "opt": opt_size, "max": max_size},
         "workspace_gb": workspace_gb, "build_seconds": round(time.perf_counter() - t0, 2), "onnx": onnx_path.name})})
-    Path(str(out) + ".json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(sidecar, json.dumps(meta, indent=2))
     return out

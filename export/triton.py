@@ -70,6 +70,8 @@ def render_config(name: str, platform: str, inputs: list[dict[str, Any]], output
 def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model_name: str | None = None,
                             engine_path: str | Path | None = None, instance_count: int = 1, version: int = 1) -> Path:
     """Write the model repository; returns the model folder. `engine_path` -> tensorrt_plan variant (GPU)."""
+    from sfdeploy.io import atomic_path, atomic_write_text, remove_stale_temp_files
+
     from .onnx import read_metadata
 
     onnx_path = Path(onnx_path)
@@ -84,12 +86,16 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     keep = {k: meta[k] for k in ("class_names", "detector", "method", "score_thresh", "sfdeploy.version",
                                  "sfdeploy.exporter") if k in meta}
     if engine_path is not None:
-        shutil.copyfile(engine_path, model_dir / str(version) / "model.plan")
+        source, target = Path(engine_path), model_dir / str(version) / "model.plan"
         platform, kind = "tensorrt_plan", "KIND_GPU"
     else:
-        shutil.copyfile(onnx_path, model_dir / str(version) / "model.onnx")
+        source, target = onnx_path, model_dir / str(version) / "model.onnx"
         platform, kind = "onnxruntime_onnx", "KIND_CPU"
+    remove_stale_temp_files(target.parent, name=target.name)
+    remove_stale_temp_files(model_dir, name="config.pbtxt")
+    with atomic_path(target) as tmp:  # Triton may be polling the repository: it never sees half a model
+        shutil.copyfile(source, tmp)
     text = render_config(name, platform, inputs, outputs, max_batch_size=0, instance_count=instance_count,
                          kind=kind, dynamic_batching=dynamic, parameters=keep)
-    (model_dir / "config.pbtxt").write_text(text)
+    atomic_write_text(model_dir / "config.pbtxt", text)
     return model_dir

@@ -14,7 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sfdeploy.io import atomic_path
+
 from .metrics_log import read_metrics
+
+
+def _savefig(fig: Any, path: Path, dpi: int) -> None:
+    """savefig through a temp file (same suffix: matplotlib picks the format from it) and a rename."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+
 
 # loss terms that are classification (left) or localisation (right) in each detector's loss dict
 CLS_TERMS = ("classification", "loss_objectness", "loss_classifier")
@@ -115,7 +124,7 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     fig.suptitle(f"{title}: classification vs localisation loss")
     fig.tight_layout()
     p = out / "losses.png"
-    fig.savefig(p, dpi=100)
+    _savefig(fig, p, dpi=100)
     plt.close(fig)
     written.append(p)
 
@@ -140,7 +149,7 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
         fig.suptitle(title)
         fig.tight_layout()
         p = out / "guided_scale.png"
-        fig.savefig(p, dpi=100)
+        _savefig(fig, p, dpi=100)
         plt.close(fig)
         written.append(p)
 
@@ -158,7 +167,7 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     fig.suptitle(title)
     fig.tight_layout()
     p = out / "total_lr.png"
-    fig.savefig(p, dpi=100)
+    _savefig(fig, p, dpi=100)
     plt.close(fig)
     written.append(p)
     return written
@@ -191,6 +200,6 @@ def plot_comparison(runs: dict[str, str | Path], out_png: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    _savefig(fig, out, dpi=100)
     plt.close(fig)
     return out
