@@ -1,7 +1,7 @@
 """Gradio demo: a baseline detector and its Sampling-Free twin, side by side.
 
-    python app.py [--models DIR] [--host 127.0.0.1] [--port N] [--share false]
-    sfdeploy demo [--models DIR] [--host HOST] [--port N]
+    python app.py [--models DIR] [--host 127.0.0.1] [--port N] [--share false] [--allow-train]
+    sfdeploy demo [--models DIR] [--host HOST] [--port N] [--allow-train]
 
 DIR (default: $SFDEPLOY_MODELS, else runs/quickstart) is scanned for checkpoints (`*.pt` in run folders; best.pt
 is preferred over last.pt), ONNX exports (`*.onnx`) and TensorRT engines (`*.engine`). They are grouped by
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from sfdeploy import limits
 
 log = logging.getLogger("sfdeploy.demo")
 
@@ -49,10 +50,14 @@ ROLE_LABELS = {"baseline": "Baseline", "sampling_free": "Sampling-Free"}
 ROLE_METHODS = {"baseline": ("baseline", "ce"), "sampling_free": ("sampling_free",)}
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".cache", "wandb", "tensorboard"}
 MAX_SCAN_DEPTH = 6
-# Uploads: gradio refuses bigger files before they reach us; decoding refuses more pixels than this (from the
-# header, before decoding); bigger-than-screen images are shown (and run) downscaled to keep the UI responsive.
-MAX_UPLOAD = "25mb"
-MAX_PIXELS = 40_000_000
+# Uploads get the HTTP service's caps (sfdeploy.limits): gradio refuses bigger files at /upload, load_input checks
+# every file's size and raw_upload_path every inline data: URL's size before decoding; pixels are checked from the
+# header before decoding; bigger-than-screen images are shown (and run) downscaled to keep the UI responsive.
+MAX_UPLOAD_BYTES = limits.MAX_IMAGE_BYTES
+MAX_PIXELS = limits.MAX_IMAGE_PIXELS
+# gradio keeps every upload and every rendered panel in its cache: every 5 minutes, files older than 15 are deleted
+# (and the whole cache when the server stops).
+DELETE_CACHE = (300, 900)
 DISPLAY_MAX_SIDE = 1280
 PREDICTOR_CACHE = 4
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -60,10 +65,13 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 QUICKSTART_HINT = (
     "Train the tiny built-in pair (a baseline and a Sampling-Free model on the synthetic shapes data, a few "
     "minutes on a CPU) with\n\n```\nsfdeploy quickstart --out {dir}\n```\n\nthen restart the demo with "
-    "`python app.py --models {dir}` (or press **Rescan**), or press the button below to train them from here. "
+    "`python app.py --models {dir}` (or press **Rescan**){train}. "
     "Your own runs work too: `sfdeploy train ... --out {dir}/<run>` for each method, and optionally "
     "`sfdeploy export` next to them for the ONNX Runtime backend."
 )
+TRAIN_ENABLED_HINT = ", or press the button below to train them from here"
+# Training writes models into the served folder and takes the CPU for minutes: only the operator can enable it.
+TRAIN_DISABLED_HINT = " (training from this page is off: start the demo with `--allow-train` to enable it)"
 THRESHOLD_HELP = (
     "**Why two thresholds?** A focal-loss baseline scores detections around 0.05-1, while Sampling-Free scores "
     "are calibrated to the true (tiny) foreground rate, so its good detections can score 0.001-0.05. One "
@@ -368,12 +376,38 @@ class BadImage(ValueError):
     """The upload is not a usable image; the message is shown to the user."""
 
 
-def load_input(path: str | Path | None) -> tuple[np.ndarray, str]:
-    """Upload path -> (uint8 HWC RGB, note). Uses serving's loader and limits; big images are downscaled."""
+@dataclass(frozen=True)
+class RejectedUpload:
+    """What raw_upload_path hands on for an upload refused before decoding; load_input turns it into BadImage."""
+
+    reason: str
+
+
+def _too_big(size: int) -> str:
+    return (f"the upload is {size / 2**20:.1f} MB, over the limit of {MAX_UPLOAD_BYTES / 2**20:.0f} MB "
+            "(the same as the HTTP service's)")
+
+
+def load_input(path: str | Path | bytes | RejectedUpload | None) -> tuple[np.ndarray, str]:
+    """Upload (file path, or the bytes of an inline data: URL) -> (uint8 HWC RGB, note). Bytes and pixels are
+    checked against the service's caps before decoding; big images are downscaled."""
     if path is None:
         raise BadImage("no image")
+    if isinstance(path, RejectedUpload):
+        raise BadImage(path.reason)
+    if isinstance(path, (bytes, bytearray)):
+        source: Any = bytes(path)
+        size = len(source)
+    else:
+        source = str(path)
+        try:
+            size = os.stat(source).st_size
+        except OSError:
+            raise BadImage("the upload did not arrive; please try again") from None
+    if size > MAX_UPLOAD_BYTES:
+        raise BadImage(_too_big(size))
     try:
-        image = _image_loader()(str(path), max_pixels=MAX_PIXELS, name="the upload")
+        image = _image_loader()(source, max_pixels=MAX_PIXELS, name="the upload")
     except FileNotFoundError:
         raise BadImage("the upload did not arrive; please try again") from None
     except (ValueError, OSError, MemoryError) as exc:  # InvalidImageError / ImageTooLargeError are ValueErrors
@@ -614,28 +648,36 @@ def example_images() -> list[str]:
     return [str(p) for p in sorted(folder.glob("*.png"))]
 
 
-def raw_upload_path(payload: Any, cache_dir: str | None = None) -> str | None:
+def raw_upload_path(payload: Any) -> str | bytes | RejectedUpload | None:
     """Preprocessing for the input gr.Image: the uploaded file's path, not decoded. gradio's own decoding would
     fail with a bare 'Error' on corrupt files; ours (load_input) gives a friendly message and applies serving's
-    limits. (An instance attribute rather than a gr.Image subclass: gradio writes a .pyi stub next to the file
-    of every Component subclass.)"""
+    limits. An inline data: URL (a pasted/webcam frame, or any API client) is size-checked before its base64 is
+    decoded, and decoded in memory: no temp file to leak. (An instance attribute rather than a gr.Image subclass:
+    gradio writes a .pyi stub next to the file of every Component subclass.)"""
     if payload is None:
         return None
     url = getattr(payload, "url", None) or ""
-    if url.startswith("data:"):  # a pasted/webcam frame sent inline
+    if url.startswith("data:"):
+        head, sep, b64 = url.partition(",")
+        if not sep or ";base64" not in head:
+            return RejectedUpload("the inline upload is not a base64 data: URL")
+        size = limits.base64_decoded_size(b64)
+        if size > MAX_UPLOAD_BYTES:
+            return RejectedUpload(_too_big(size))
         try:
-            data = base64.b64decode(url.split(",", 1)[1], validate=False)
-        except (binascii.Error, IndexError):
-            return ""
-        fd, tmp = tempfile.mkstemp(prefix="sfdeploy-upload-", dir=cache_dir)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return tmp
+            return base64.b64decode(b64, validate=False)
+        except (binascii.Error, ValueError):
+            return RejectedUpload("the inline upload is not valid base64")
     return str(payload.path) if getattr(payload, "path", None) else ""
 
 
-def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None = None) -> Any:
-    """The gradio Blocks of the demo (not launched). `models_dir` None: $SFDEPLOY_MODELS or runs/quickstart."""
+def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None = None,
+              allow_train: bool = False) -> Any:
+    """The gradio Blocks of the demo (not launched). `models_dir` None: $SFDEPLOY_MODELS or runs/quickstart.
+
+    Only what the page shows can be called: the detect button is the one documented API endpoint, the other
+    events are left out of the API docs, and the training event exists only with `allow_train` (it writes
+    models into `models_dir`; gradio runs any registered event for any client, hidden button or not)."""
     import gradio as gr
 
     root = resolve_models_dir(models_dir)
@@ -678,7 +720,8 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
     def setup_text() -> str:
         cat = catalog()
         where = f"`{root}`" + ("" if root.is_dir() else " (does not exist yet)")
-        text = f"### No models found in {where}\n\n" + QUICKSTART_HINT.format(dir=root)
+        hint = TRAIN_ENABLED_HINT if allow_train else TRAIN_DISABLED_HINT
+        text = f"### No models found in {where}\n\n" + QUICKSTART_HINT.format(dir=root, train=hint)
         if cat.skipped:
             text += "\n\nFiles that could not be loaded: " + "; ".join(cat.skipped[:5])
         return text
@@ -741,7 +784,7 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
     # -- layout -----------------------------------------------------------------------------------
     cat = catalog()
     fam0 = first_family()
-    with gr.Blocks(title="sfdeploy: baseline vs Sampling-Free") as demo:
+    with gr.Blocks(title="sfdeploy: baseline vs Sampling-Free", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "# Baseline vs Sampling-Free detectors\n"
             "The same detector trained two ways: the **baseline** (focal loss / biased sampling) and **Sampling-"
@@ -751,13 +794,15 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
 
         with gr.Column(visible=not cat) as setup_col:
             setup_md = gr.Markdown(setup_text())
+            if allow_train:
+                with gr.Row():
+                    train_model = gr.Dropdown(choices=[(v, k) for k, v in FAMILY_LABELS.items()],
+                                              value="retinanet", label="Detector to train", scale=1)
+                    train_fast = gr.Checkbox(False, label="Smoke-test budget (about a minute; the models will "
+                                                          "barely detect anything)", scale=2)
             with gr.Row():
-                train_model = gr.Dropdown(choices=[(v, k) for k, v in FAMILY_LABELS.items()], value="retinanet",
-                                          label="Detector to train", scale=1)
-                train_fast = gr.Checkbox(False, label="Smoke-test budget (about a minute; the models will "
-                                                      "barely detect anything)", scale=2)
-            with gr.Row():
-                train_btn = gr.Button("Train the tiny built-in pair here", variant="primary")
+                if allow_train:
+                    train_btn = gr.Button("Train the tiny built-in pair here", variant="primary")
                 rescan_btn0 = gr.Button("Rescan models folder")
             train_md = gr.Markdown("")
 
@@ -776,7 +821,7 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
                 with gr.Column(scale=1, min_width=260):
                     image_in = gr.Image(type="filepath", image_mode=None, label="Input image",
                                         sources=["upload", "webcam", "clipboard"], elem_id="input-image")
-                    image_in.preprocess = lambda payload: raw_upload_path(payload, image_in.GRADIO_CACHE)
+                    image_in.preprocess = raw_upload_path
                     run_btn = gr.Button("Detect", variant="primary", elem_id="run")
                     if examples:
                         gr.Examples(examples=[[p] for p in examples], inputs=[image_in], label="Bundled examples")
@@ -818,18 +863,24 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
         main_outputs = [setup_col, setup_md, main_col, family_dd, *family_outputs]
 
         # Each page load shows the current catalog (it changes after Rescan or training from the page).
-        demo.load(main_updates, [family_dd], main_outputs, queue=False)
-        family_dd.input(family_updates, [family_dd], family_outputs).then(on_run, run_inputs, run_outputs)
-        backend_radio.input(on_run, run_inputs, run_outputs)
-        image_in.change(on_run, run_inputs, run_outputs)
-        run_btn.click(on_run, run_inputs, run_outputs)
+        # "private": left out of the API docs. gradio still runs any registered event for a client that calls it
+        # the way the page does, so no event may do more than the page's visible controls (hence no on_train).
+        private = dict(api_visibility="private")
+        demo.load(main_updates, [family_dd], main_outputs, queue=False, **private)
+        family_dd.input(family_updates, [family_dd], family_outputs, **private).then(
+            on_run, run_inputs, run_outputs, **private)
+        backend_radio.input(on_run, run_inputs, run_outputs, **private)
+        image_in.change(on_run, run_inputs, run_outputs, **private)
+        run_btn.click(on_run, run_inputs, run_outputs, api_name="detect")
         for slider in (slider_b, slider_s):
             slider.change(on_rerender, [raw_state, slider_b, slider_s], render_outputs, queue=False,
-                          show_progress="hidden")
-        reset_btn.click(on_reset, [family_dd], [slider_b, slider_s])
-        rescan_btn.click(on_rescan, [family_dd], main_outputs)
-        rescan_btn0.click(on_rescan, [family_dd], main_outputs)
-        train_btn.click(on_train, [train_model, train_fast], [train_md]).then(on_rescan, [family_dd], main_outputs)
+                          show_progress="hidden", **private)
+        reset_btn.click(on_reset, [family_dd], [slider_b, slider_s], **private)
+        rescan_btn.click(on_rescan, [family_dd], main_outputs, **private)
+        rescan_btn0.click(on_rescan, [family_dd], main_outputs, **private)
+        if allow_train:  # not registered at all otherwise: nothing to call
+            train_btn.click(on_train, [train_model, train_fast], [train_md], **private).then(
+                on_rescan, [family_dd], main_outputs, **private)
     demo.sfdeploy_catalog = ctx  # for tests and tooling
     demo.sfdeploy_store = store
     return demo
@@ -852,6 +903,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", type=_truthy, nargs="?", const=True, default=False,
                    help="create a public gradio.live link (default false)")
+    p.add_argument("--allow-train", action="store_true",
+                   help="let visitors train the tiny built-in pair from the page (writes into --models; off by "
+                        "default: anyone who can reach the page could start it)")
     return p.parse_args(argv)
 
 
@@ -865,7 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.setLevel(logging.INFO)
     root = resolve_models_dir(args.models)
     print(f"sfdeploy demo: loading models from {root} ...", file=sys.stderr)
-    demo = build_app(root)
+    demo = build_app(root, allow_train=args.allow_train)
+    if args.allow_train:
+        print(f"sfdeploy demo: training from the page is ON (it writes into {root})", file=sys.stderr)
     cat = demo.sfdeploy_catalog["catalog"]
     fams = ", ".join(f.label for f in cat.families.values()) or "none (the page explains how to get them)"
     print(f"sfdeploy demo: families: {fams}", file=sys.stderr)
@@ -879,8 +935,26 @@ def launch(demo: Any, host: str = "127.0.0.1", port: int | None = None, share: b
     """Queue (one inference at a time: the CPU is the bottleneck) and start the server."""
     assets = [str(Path(p).parent) for p in example_images()[:1]]
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
-                       allowed_paths=assets, show_error=False, prevent_thread_lock=not block, quiet=quiet)
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
+                       allowed_paths=assets, show_error=False, prevent_thread_lock=not block, quiet=quiet,
+                       app_kwargs={"exception_handlers": _unknown_endpoint_handlers()})
+
+
+def _unknown_endpoint_handlers() -> dict[Any, Callable[..., Any]]:
+    """gradio answers a call to an endpoint that does not exist (e.g. /gradio_api/call/on_train without
+    --allow-train) with a 500 and a traceback in the log; make it a one-line 404."""
+    from gradio import route_utils
+
+    missing = getattr(route_utils, "FnIndexInferError", None)
+    if missing is None:
+        return {}
+
+    async def not_found(request: Any, exc: Exception) -> Any:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"error": f"no such endpoint: {_one_line(exc)}"}, status_code=404)
+
+    return {missing: not_found}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,8 @@ Variants (`--variants`):
   sampling_free  ce + optimal init + guided scaling (= the method)
   sf-512rois     sampling_free with 512 instead of 1000 training proposals per image (R-CNNs; the cost knob)
   sf-mask128     sampling_free Mask R-CNN, mask head on at most 128 random positives per image (the cost knob)
+  sf-frozen      sampling_free with the authors' 2021 one-stage guide (g frozen after 100 steps, sigma per term)
+  sf-rcnn-delta  sampling_free with a learnable delta on the RPN / RoI guide (this project's earlier deviation)
 
 Data sets (`--dataset`):
   synthetic      built-in scenes: synthetic:N train split, synthetic:M val split (disjoint RNG streams)
@@ -39,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sfdeploy.io import atomic_path, atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 VARIANTS = {
     "baseline": {"method": "baseline"},
@@ -48,6 +51,8 @@ VARIANTS = {
     "sampling_free": {"method": "sampling_free"},
     "sf-512rois": {"method": "sampling_free", "rpn_post_nms_top_n_train": 512},
     "sf-mask128": {"method": "sampling_free", "mask_positives_per_image": 128},
+    "sf-frozen": {"method": "sampling_free", "guided_form": "frozen"},  # the authors' 2021 one-stage form
+    "sf-rcnn-delta": {"method": "sampling_free", "rcnn_guide_delta": True},  # the earlier learnable R-CNN delta
 }
 RACCOON = Path("/work/shared/datasets/raccoon")
 COLLAPSE_AP = 0.001
@@ -160,7 +165,7 @@ def prepare_nuclei(cache: Path, tile: int = 128) -> dict | None:
                                  "area": float(m.sum()), "segmentation": rle})
         coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "nucleus"}],
                 "info": {"source": f"stardist demo {found[0].name} / {found[1].name}, {split} half, tiles {tile}"}}
-        paths[split].write_text(json.dumps(coco))
+        atomic_write_text(paths[split], json.dumps(coco))
     return paths
 
 
@@ -206,13 +211,14 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
 
             shutil.rmtree(out)  # stale or unfinished: start clean (no resume across different settings)
         out.mkdir(parents=True)
-        stamp.write_text(settings)
+        atomic_write_text(stamp, settings)
         t0 = time.time()
         result = train(cfg, progress=False)
         res = result.to_dict()
         res["wall_s"] = round(time.time() - t0, 1)
-        (out / "result.json").write_text(json.dumps(res, indent=2, default=str))
+        atomic_write_text(out / "result.json", json.dumps(res, indent=2, default=str))
     test = test_metrics(args, out, res)
+    extra = {t: low_threshold_metrics(args, data, out, res, t) for t in args.extra_thresh}
     metrics = res.get("final_metrics") or {}
     bbox = (metrics.get("bbox") or {})
     ap = bbox.get("AP")
@@ -226,10 +232,32 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
            "median_step_time_s": res.get("median_step_time_s"), "wall_s": res.get("wall_s"),
            "metrics_jsonl": str(out / "metrics.jsonl"),
            "test_AP": ((test or {}).get("bbox") or {}).get("AP"), "test_AP50": ((test or {}).get("bbox") or {}).get("AP50"),
-           "test_segm_AP": ((test or {}).get("segm") or {}).get("AP")}
+           "test_segm_AP": ((test or {}).get("segm") or {}).get("AP"),
+           **{f"AP@{t:g}": ((m or {}).get("bbox") or {}).get("AP") for t, m in extra.items()},
+           **{f"AP50@{t:g}": ((m or {}).get("bbox") or {}).get("AP50") for t, m in extra.items()},
+           **{f"detections@{t:g}": (m or {}).get("detections") for t, m in extra.items()}}
     print(f"  {detector:12s} {variant:14s} seed {seed}: {outcome:9s} AP {ap}  ({res.get('wall_s')} s)", file=sys.stderr,
           flush=True)
     return row
+
+
+def low_threshold_metrics(args: argparse.Namespace, data: dict, out: Path, res: dict, thresh: float) -> dict | None:
+    """Val-split COCO metrics of the final checkpoint at another score threshold (cached per run and threshold)."""
+    ckpt = out / "last.pt"
+    if res.get("outcome") == "diverged" or not ckpt.is_file():
+        return None
+    key = f"{data['val_data']}[{data['val_split']}]|{thresh}|{ckpt.stat().st_size}|{ckpt.stat().st_mtime_ns}"
+    cache = out / f"val_eval_thresh_{thresh:g}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["metrics"]
+    from training.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(ckpt, data["val_data"], split=data["val_split"], images_dir=data.get("images_dir"),
+                                  progress=False, device=args.device, score_thresh=thresh)
+    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    return metrics
 
 
 def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
@@ -250,7 +278,7 @@ def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
 
     metrics = evaluate_checkpoint(ckpt, f"synthetic:{args.test_images}", split="test", progress=False,
                                   device=args.device)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, default=str))
     return metrics
 
 
@@ -378,7 +406,8 @@ def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | Non
     fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return out_png
 
@@ -412,6 +441,8 @@ def main() -> None:
     p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,
                    help="max gradient norm; default none (no clipping), the trainer's and the authors' setting")
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
+    p.add_argument("--extra-thresh", type=float, nargs="*", default=[],
+                   help="also evaluate each final model on the val split at these thresholds (e.g. 1e-4)")
     p.add_argument("--train-images", type=int, default=200)
     p.add_argument("--val-images", type=int, default=50)
     p.add_argument("--test-images", type=int, default=100,
@@ -446,9 +477,9 @@ def main() -> None:
                 rows.append(run_one(args, data, det, var, seed))
                 summary = summarise(rows)
                 meta["machine"]["loadavg_end"] = os.getloadavg()
-                out.with_suffix(".json").write_text(json.dumps({**meta, "summary": summary, "runs": rows}, indent=1,
-                                                               default=str))
-                out.with_suffix(".md").write_text(markdown(meta, summary, rows))
+                atomic_write_text(out.with_suffix(".json"), json.dumps({**meta, "summary": summary, "runs": rows},
+                                                                       indent=1, default=str))
+                atomic_write_text(out.with_suffix(".md"), markdown(meta, summary, rows))
     for det in args.detectors:
         seed = args.seeds[0]
         runs = {v: str(Path(args.runs) / args.dataset / det / v / f"seed{seed}" / "metrics.jsonl")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sfdeploy.io import atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 import torch  # noqa: E402
 
@@ -179,7 +180,7 @@ def main() -> None:
                 r["est_step_ratio"] = round(1 + r["delta_ms"] / steps[det], 3)
         results["detectors"][det] = row
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            atomic_write_text(Path(args.json), json.dumps(results, indent=1))
     results["machine"]["loadavg_end"] = os.getloadavg()
     m = results["machine"]
     lines = [f"Command: `{results['command']}`  ",
@@ -204,7 +205,7 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     print(md)
     if args.md:
-        Path(args.md).write_text(md)
+        atomic_write_text(Path(args.md), md)
 
 
 if __name__ == "__main__":

@@ -332,10 +332,10 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    from sfdeploy.io import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sfdeploy.io import atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 COCO_TRAIN_IMAGES = 118_287
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                   "at the end of the run on 2 cores), so wall times are an upper bound; the CPU-time column is what "
                   "2 dedicated cores would need.", ""]
         out = ROOT / "docs" / "prior_speed.md"
-        out.write_text("\n".join(lines))
+        atomic_write_text(out, "\n".join(lines))
         print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sfdeploy.io import atomic_write_text  # noqa: E402 - artefacts: temp file + rename
 
 import torch  # noqa: E402
 
@@ -271,7 +272,7 @@ def run_memory_only(args: argparse.Namespace) -> dict:
             "mem_peak_ratio": round(mem["sampling_free"]["rss_peak_mb"] / mem["baseline"]["rss_peak_mb"], 3)}
         print(f"[{det}] memory {json.dumps(mem)}", file=sys.stderr, flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            atomic_write_text(Path(args.json), json.dumps(results, indent=1))
     return results
 
 
@@ -316,7 +317,7 @@ def run(args: argparse.Namespace) -> dict:
         results["detectors"][det] = row
         if args.json:  # write as we go: a killed run keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            atomic_write_text(Path(args.json), json.dumps(results, indent=1))
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results
 
@@ -389,10 +390,10 @@ def main() -> None:
     results = run(args)
     md = markdown(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))  # with the end-of-run load average
+        atomic_write_text(Path(args.json), json.dumps(results, indent=1))  # with the end-of-run load average
     if args.md:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(md)
+        atomic_write_text(Path(args.md), md)
     print(md)  # last: a closed stdout pipe must not lose the files
 
 

@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
+    from sfdeploy.io import atomic_write_text
+
     rows: list[dict[str, Any]] = []
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "loadavg_start": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
@@ -193,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                                         a.dynamo))
                 print(json.dumps(rows[-1]), flush=True)
                 meta["loadavg_end"] = os.getloadavg()
-                Path(a.out).write_text(json.dumps({**meta, "rows": rows}, indent=1))
+                atomic_write_text(Path(a.out), json.dumps({**meta, "rows": rows}, indent=1))
     table = markdown(rows)
     if a.md:
-        Path(a.md).write_text(f"Command: `{meta['command']}`  \nMachine: {meta['machine']}, torch {meta['torch']}, "
-                              f"onnxruntime {meta['onnxruntime']}, load average {meta['loadavg_start']} -> "
-                              f"{meta['loadavg_end']}\n\n{table}\n")
+        atomic_write_text(Path(a.md), f"Command: `{meta['command']}`  \nMachine: {meta['machine']}, "
+                                      f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, load average "
+                                      f"{meta['loadavg_start']} -> {meta['loadavg_end']}\n\n{table}\n")
     print(table)
     return 0
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sfdeploy.io import atomic_path, remove_stale_temp_files
 
 from .verify import DEFAULT_SIZES, ParityError, ParityReport, verify_onnx
 
@@ -168,6 +171,31 @@ def simplify_onnx(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def _export_checked(model: Any, cfg: Any, meta: dict[str, Any], path: Path, exporter: str, opset: int, nms: str,
+                    *, simplify: bool, verify: bool, sizes: tuple[int, ...], data: str | None,
+                    tolerances: dict[str, float] | None, failed_copy: Path
+                    ) -> tuple[int, dict[str, str], float, ParityReport | None, bool]:
+    """Export, finalise, verify (and simplify) into `path` -> (opset, metadata, export seconds, parity, simplified).
+    A graph failing parity is moved to `failed_copy` for inspection, never over the target."""
+    t0 = time.perf_counter()
+    used_opset = _export_graph(model, cfg, path, exporter, opset, nms)
+    metadata = build_metadata(cfg, meta, exporter, used_opset, nms)
+    _finalise(path, metadata)
+    seconds = time.perf_counter() - t0
+    report = verify_onnx(path, model, cfg, sizes=sizes, data=data, tolerances=tolerances) if verify else None
+    simplified = False
+    if simplify and (report is None or report.passed):
+        simplify_onnx(path)
+        simplified = True
+        if verify:
+            report = verify_onnx(path, model, cfg, sizes=sizes, data=data, tolerances=tolerances)
+    if report is not None and not report.passed:
+        os.replace(path, failed_copy)
+        report.artefact = str(failed_copy)
+        raise ParityError(report)
+    return used_opset, metadata, seconds, report, simplified
+
+
 def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any = None,
                 meta: dict[str, Any] | None = None, opset: int = DEFAULT_OPSET, exporter: str = "auto",
                 nms: str = "multiclass", simplify: bool = False, verify: bool = True,
@@ -179,7 +207,9 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
     "auto": TorchScript first, dynamo when TorchScript fails (e.g. once torch removes it) or misses parity. Both pass
     parity for all four detectors; TorchScript exports in seconds where dynamo takes about a minute on a 2-core CPU
     (docs/EXPORT.md). With verify=True a
-    failed parity raises ParityError (the file is left on disk for inspection); with "auto" the last error wins.
+    failed parity raises ParityError (the graph is left next to `out_path` as `<name>.parity-failed` for
+    inspection); with "auto" the last error wins. `out_path` is replaced atomically, only by a graph that passed:
+    a failed or killed export leaves the previous file intact.
     """
     from sfdeploy.errors import UserError
 
@@ -193,24 +223,15 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     attempts: list[str] = []
     last_exc: BaseException | None = None
+    remove_stale_temp_files(out.parent, name=out.name)  # left by a killed earlier export of the same file
     for name in order:
-        t0 = time.perf_counter()
         try:
-            used_opset = _export_graph(model, cfg, out, name, opset, nms)
-            metadata = build_metadata(cfg, meta_d, name, used_opset, nms)
-            _finalise(out, metadata)
-            seconds = time.perf_counter() - t0
-            report = verify_onnx(out, model, cfg, sizes=sizes, data=data, tolerances=tolerances) if verify else None
-            if report is not None and not report.passed:
-                raise ParityError(report)
-            simplified = False
-            if simplify:
-                simplify_onnx(out)
-                simplified = True
-                if verify:
-                    report = verify_onnx(out, model, cfg, sizes=sizes, data=data, tolerances=tolerances)
-                    if not report.passed:
-                        raise ParityError(report)
+            with atomic_path(out) as tmp:  # `out` is replaced only by a graph that passed every check
+                used_opset, metadata, seconds, report, simplified = _export_checked(
+                    model, cfg, meta_d, tmp, name, opset, nms, simplify=simplify, verify=verify, sizes=sizes,
+                    data=data, tolerances=tolerances, failed_copy=out.with_name(f"{out.name}.parity-failed"))
+            if report is not None:
+                report.artefact = str(out)
             return ExportResult(path=out, exporter=name, opset=used_opset, seconds=seconds,
                                 bytes=out.stat().st_size, parity=report, simplified=simplified, attempts=attempts,
                                 metadata=metadata)

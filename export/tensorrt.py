@@ -127,16 +127,12 @@ def _mixed_precision_onnx(onnx_path: Path, out: Path) -> Path:
 
     converted = autocast.convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type="fp16",
                                                     keep_io_types=True)
+    from sfdeploy.io import atomic_write_bytes
+
     path = out.with_suffix(".fp16.onnx")
-    _atomic_write(path, converted.SerializeToString())
+    atomic_write_bytes(path, converted.SerializeToString())
     onnx.checker.check_model(str(path))
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = False,
@@ -147,6 +143,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
 
     The default profile (32..2048 px per side) covers every image the predictor sends with its default max side."""
     from sfdeploy.errors import UserError
+    from sfdeploy.io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 
     trt = _require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out_path)
@@ -181,8 +178,11 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
     if serialized is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, bytes(serialized))
-    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+    sidecar = Path(str(out) + ".json")
+    for target in (out, sidecar, cache_path):  # left by a killed earlier build
+        remove_stale_temp_files(target.parent, name=target.name)
+    atomic_write_bytes(out, bytes(serialized))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     from .onnx import read_metadata
 
     meta = dict(read_metadata(onnx_path))
@@ -190,5 +190,5 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
         "version": trt.__version__, "fp16": fp16, "precision": mode,
         "profile": {"min": min_size, "opt": opt_size, "max": max_size},
         "workspace_gb": workspace_gb, "build_seconds": round(time.perf_counter() - t0, 2), "onnx": onnx_path.name})})
-    _atomic_write(Path(str(out) + ".json"), json.dumps(meta, indent=2).encode())
+    atomic_write_text(sidecar, json.dumps(meta, indent=2))
     return out

@@ -75,11 +75,13 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     kind: the instance group's KIND_CPU / KIND_GPU; default KIND_GPU for an engine, KIND_CPU for ONNX (pass
     KIND_GPU to run the ONNX graph with ONNX Runtime's CUDA provider inside Triton)."""
     from sfdeploy.errors import UserError
+    from sfdeploy.io import atomic_path, atomic_write_text, remove_stale_temp_files
 
     if kind not in (None, "KIND_CPU", "KIND_GPU"):
         raise UserError(f"Triton instance kind must be KIND_CPU or KIND_GPU, got {kind!r}")
     if engine_path is not None and kind == "KIND_CPU":
         raise UserError("a TensorRT engine runs on the GPU only: kind KIND_GPU")
+
     from .onnx import read_metadata
 
     onnx_path = Path(onnx_path)
@@ -94,12 +96,16 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     keep = {k: meta[k] for k in ("class_names", "detector", "method", "score_thresh", "sfdeploy.version",
                                  "sfdeploy.exporter") if k in meta}
     if engine_path is not None:
-        shutil.copyfile(engine_path, model_dir / str(version) / "model.plan")
+        source, target = Path(engine_path), model_dir / str(version) / "model.plan"
         platform, kind = "tensorrt_plan", "KIND_GPU"
     else:
-        shutil.copyfile(onnx_path, model_dir / str(version) / "model.onnx")
+        source, target = onnx_path, model_dir / str(version) / "model.onnx"
         platform, kind = "onnxruntime_onnx", kind or "KIND_CPU"
+    remove_stale_temp_files(target.parent, name=target.name)
+    remove_stale_temp_files(model_dir, name="config.pbtxt")
+    with atomic_path(target) as tmp:  # Triton may be polling the repository: it never sees half a model
+        shutil.copyfile(source, tmp)
     text = render_config(name, platform, inputs, outputs, max_batch_size=0, instance_count=instance_count,
                          kind=kind, dynamic_batching=dynamic, parameters=keep)
-    (model_dir / "config.pbtxt").write_text(text)
+    atomic_write_text(model_dir / "config.pbtxt", text)
     return model_dir

@@ -114,6 +114,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sfdeploy import processing
+    from sfdeploy.io import atomic_path, atomic_write_text
 
     from . import load
 
@@ -149,20 +150,20 @@ def predict_command(args: argparse.Namespace) -> int:
                 name, k = f"{path.stem}-{k}.jpg", k + 1
             used_names.add(name)
             drawn = draw_detections(rgb, dets)
-            Image.fromarray(np.asarray(drawn)).save(render_dir / name, quality=92)
+            with atomic_path(render_dir / name) as tmp:
+                Image.fromarray(np.asarray(drawn)).save(tmp, quality=92)
     if args.json_out:
         if args.json_out == "-":
             json.dump(results, sys.stdout)
             sys.stdout.write("\n")
         else:
             out = Path(args.json_out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results))
+            atomic_write_text(out, json.dumps(results))
             index = out.with_name(out.stem + ".images.json")
-            index.write_text(json.dumps({"artefact": str(args.artefact), "backend": predictor.backend,
-                                         "categories": [{"id": i + 1, "name": n}
-                                                        for i, n in enumerate(predictor.class_names)],
-                                         "images": images, "skipped": skipped}, indent=1))
+            atomic_write_text(index, json.dumps({"artefact": str(args.artefact), "backend": predictor.backend,
+                                                  "categories": [{"id": i + 1, "name": n}
+                                                                 for i, n in enumerate(predictor.class_names)],
+                                                  "images": images, "skipped": skipped}, indent=1))
             print(f"sfdeploy predict: {len(results)} detections in {len(images)} images -> {out} "
                   f"(image ids/file names in {index.name})", file=sys.stderr)
     if skipped:

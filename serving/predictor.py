@@ -112,7 +112,7 @@ def config_from_metadata(md: dict[str, Any], source: str) -> ModelConfig:
     if not isinstance(md.get("config"), dict):
         raise UserError(f"{source} has no 'sfdeploy.config' metadata; export it with `sfdeploy export`")
     try:
-        return ModelConfig.from_dict(md["config"])
+        return ModelConfig.from_artefact(md["config"])
     except ConfigError as exc:
         raise UserError(f"{source}: invalid 'sfdeploy.config' metadata: {exc}") from None
 

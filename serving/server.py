@@ -20,12 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sfdeploy import processing
+from sfdeploy import limits, processing
 
 from .predictor import Predictor
 
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = limits.MAX_IMAGE_BYTES  # shared with the demo (sfdeploy.limits)
+DEFAULT_MAX_PIXELS = limits.MAX_IMAGE_PIXELS
 DEFAULT_CONCURRENCY = 1  # inferences in flight per model (each already uses all cores)
 
 

@@ -10,8 +10,7 @@ Layout (a plain dict of tensors and primitives):
 
 from __future__ import annotations
 
-import os
-import tempfile
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ModelConfig
+from .io import atomic_write
 
 FORMAT = "sfdeploy.checkpoint"
 FORMAT_VERSION = 1
@@ -39,18 +39,8 @@ class Checkpoint:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def save_checkpoint(
@@ -77,6 +67,24 @@ def save_checkpoint(
     return Path(path)
 
 
+# torch's advice to re-run with weights_only=False (or to allow-list globals) would execute whatever the file
+# holds: a checkpoint never needs it, so the message never passes it on.
+_UNSAFE_ADVICE = re.compile(r"weights[_ ]only|safe_globals|trusted source|documentation|arbitrary code", re.I)
+
+
+def load_failure_reason(exc: BaseException) -> str:
+    """One line saying why torch.load(weights_only=True) refused a file, without torch's unsafe advice."""
+    text = str(exc).strip()
+    sentences = [s.strip() for line in text.splitlines() for s in re.split(r"(?<=[.!?])\s+", line) if s.strip()]
+    kept = [s for s in sentences if not _UNSAFE_ADVICE.search(s)]
+    if text.startswith("Weights only load failed") or "Unsupported global" in text or "GLOBAL" in text:
+        detail = kept[0].rstrip(".") if kept else "objects other than tensors and plain data"
+        return (f"it holds Python objects that a checkpoint never contains ({detail}); refused without running "
+                "them (load only checkpoints written by sfdeploy)")
+    detail = kept[0] if kept else type(exc).__name__
+    return f"truncated or foreign file ({detail})"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read and validate a checkpoint (never unpickles arbitrary objects)."""
     p = Path(path)
@@ -87,8 +95,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, random bytes
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p} is not a readable sfdeploy checkpoint (truncated or foreign file): {reason}") from exc
+        raise CheckpointError(f"{p} is not a readable sfdeploy checkpoint: {load_failure_reason(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{p} is not an sfdeploy checkpoint (no '{FORMAT}' marker); "
@@ -97,7 +104,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"{p} uses checkpoint format {payload['format_version']}; upgrade sfdeploy to read it")
     try:
-        config = ModelConfig.from_dict(payload["config"])
+        config = ModelConfig.from_artefact(payload["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{p} has an invalid model config: {exc}") from exc
     extra = {k: v for k, v in payload.items() if k not in {"format", "format_version", "sfdeploy_version",

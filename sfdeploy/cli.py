@@ -8,9 +8,13 @@ cause (bad data, missing files, bad configs) are printed as one line and exit wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from .errors import UserError, user_error_types
 
@@ -40,11 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` (SIGTERM: what docker stop and systemd send) unwinds like Ctrl-C while a command runs, so atomic
+    writers delete their temporary files and training saves a resumable last.pt. Not under torchrun (its agent
+    SIGTERMs the workers and expects them gone) nor off the main thread; the previous handler is restored."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.handler(args)
+        with _sigterm_as_interrupt():
+            result = args.handler(args)
     except KeyboardInterrupt:
         print("sfdeploy: interrupted", file=sys.stderr)
         return 130

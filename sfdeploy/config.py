@@ -20,6 +20,8 @@ TWO_STAGE = ("faster_rcnn", "mask_rcnn")
 DEFAULT_SCORE_THRESH = {"baseline": 0.05, "ce": 0.05, "sampling_free": 1e-3}
 # The prior used by the baselines (focal loss init, Lin et al.) and by `ce` ("baseline's initialisation").
 FOCAL_PRIOR = 0.01
+# Forms of guided loss scaling for the one-stage heads (see ModelConfig.guided_form).
+GUIDED_FORMS = ("paper", "frozen")
 
 
 class ConfigError(ValueError):
@@ -61,9 +63,34 @@ class ModelConfig:
     # Width of Mask R-CNN's four mask-head convolutions (torchvision: 256). With a narrow FPN on CPU a 256-wide mask
     # head costs more than the rest of the model (~0.37 GMAC per positive RoI); the benchmarks scale it with the FPN.
     mask_head_channels: int = 256
+    # Guided loss scaling as the authors ran it (sampling-free.md sec. 3). One-stage heads: "paper" = eq. 20-24
+    # (per-step g, learnable delta on the classification term); "frozen" = the authors' 2021 release (g measured
+    # over the first `guide_freeze_steps` steps with positives, then frozen; learnable sigma on every term).
+    guided_form: str = "paper"
+    guide_freeze_steps: int = 100
+    # The R-CNN heads' guide has no learnable delta in either release of the authors' code; True restores this
+    # project's earlier deviation (a delta on the RPN and RoI box head) for ablations and old checkpoints.
+    rcnn_guide_delta: bool = False
+    # RPN anchors reaching more than this many px outside the image are ignored by the RPN loss (every method).
+    # None: torchvision (all anchors labelled); 0: the authors' protocol (maskrcnn-benchmark's straddle_thresh).
+    rpn_straddle_thresh: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @classmethod
+    def from_artefact(cls, data: dict[str, Any]) -> "ModelConfig":
+        """The config stored in a checkpoint or exported artefact, with what older releases trained with.
+
+        Configs written before `rcnn_guide_delta` existed were trained with a learnable delta on the R-CNN heads
+        (their weights hold it) and with the paper's one-stage form; a config file a user writes is read with
+        `from_dict` and gets today's defaults instead.
+        """
+        data = dict(data) if isinstance(data, dict) else data
+        if isinstance(data, dict) and "rcnn_guide_delta" not in data:
+            data.setdefault("guided_form", "paper")
+            data["rcnn_guide_delta"] = data.get("method") != "baseline" and data.get("detector") in TWO_STAGE
+        return cls.from_dict(data)
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -133,6 +160,13 @@ class ModelConfig:
             raise ConfigError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
         if self.mask_head_channels < 8:
             raise ConfigError(f"mask_head_channels must be >= 8, got {self.mask_head_channels}")
+        _choice("guided_form", self.guided_form, GUIDED_FORMS)
+        if not isinstance(self.guide_freeze_steps, int) or self.guide_freeze_steps < 1:
+            raise ConfigError(f"guide_freeze_steps must be an integer >= 1, got {self.guide_freeze_steps!r}")
+        if self.rpn_straddle_thresh is not None and not self.rpn_straddle_thresh >= 0:
+            raise ConfigError(f"rpn_straddle_thresh must be >= 0 (px) or null, got {self.rpn_straddle_thresh}")
+        if self.rpn_straddle_thresh is not None and not self.is_two_stage:
+            raise ConfigError("rpn_straddle_thresh applies to faster_rcnn / mask_rcnn (the RPN's anchors)")
         if self.rpn_post_nms_top_n_train < 1:
             raise ConfigError(f"rpn_post_nms_top_n_train must be >= 1, got {self.rpn_post_nms_top_n_train}")
         if self.mask_positives_per_image is not None:

@@ -14,7 +14,8 @@ def register(subparsers: Any) -> None:
         "demo",
         help="open the gradio demo: baseline vs Sampling-Free, side by side",
         description="Start the gradio demo (app.py) on the models in --models (checkpoints, .onnx, .engine). "
-                    "Without models it explains how to get them and can train the tiny built-in pair.",
+                    "Without models it explains how to get them (and, with --allow-train, trains the tiny built-in "
+                    "pair from the page).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--models", default=None, metavar="DIR",
@@ -22,6 +23,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--allow-train", action="store_true",
+                   help="let visitors train the tiny built-in pair from the page (writes into --models; off by "
+                        "default)")
     p.set_defaults(handler=run)
 
 
@@ -65,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--port", str(args.port)]
     if args.share:
         argv += ["--share", "true"]
+    if args.allow_train:
+        argv += ["--allow-train"]
     return int(app.main(argv) or 0)

@@ -68,6 +68,14 @@ def _register_train(sub: Any) -> None:
                         "(default: every positive, the paper's; 128 = the baseline's cost)")
     _bool_pair(m, "optimal-init", "optimal bias initialisation (default: on for sampling_free)")
     _bool_pair(m, "guided-scaling", "guided loss scaling (default: on for sampling_free)")
+    m.add_argument("--guided-form", choices=("paper", "frozen"),
+                   help="one-stage guide: 'paper' (eq. 24: per-step g, learnable delta; default) or 'frozen' (the "
+                        "authors' 2021 code: g frozen after --guide-freeze-steps, learnable sigma per loss term)")
+    m.add_argument("--guide-freeze-steps", type=int, help="steps with positives that measure g before it freezes "
+                                                           "(frozen form; default 100)")
+    _bool_pair(m, "rcnn-guide-delta", "a learnable delta on the R-CNN heads' guide (default: off, as the authors)")
+    m.add_argument("--rpn-straddle-thresh", type=float, help="ignore RPN anchors reaching more than N px outside the "
+                                                             "image in the RPN loss (0: the authors' protocol)")
 
     d = p.add_argument_group("data")
     d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root")
@@ -88,7 +96,8 @@ def _register_train(sub: Any) -> None:
     t.add_argument("--lr", type=float, help="learning rate (default: paper lr x batch/16)")
     t.add_argument("--optimizer", choices=("sgd", "adamw"))
     t.add_argument("--weight-decay", type=float)
-    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 100; the authors: 500)")
+    t.add_argument("--bias-lr-factor", type=float, help="bias lr = lr x this (default 1; the authors: 2)")
     t.add_argument("--grad-clip", type=float, help="max gradient norm (0: no clipping)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto | cpu | cuda[:N]")
@@ -120,9 +129,11 @@ MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", 
                "trainable_backbone_layers": "trainable_backbone_layers", "fpn_channels": "fpn_channels",
                "anchor_size": "anchor_base_size", "score_thresh": "score_thresh", "optimal_init": "optimal_init",
                "guided_scaling": "guided_scaling", "rpn_post_nms_top_n_train": "rpn_post_nms_top_n_train",
-               "mask_positives_per_image": "mask_positives_per_image"}
+               "mask_positives_per_image": "mask_positives_per_image", "guided_form": "guided_form",
+               "guide_freeze_steps": "guide_freeze_steps", "rcnn_guide_delta": "rcnn_guide_delta",
+               "rpn_straddle_thresh": "rpn_straddle_thresh"}
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
-               "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "seed", "device", "amp", "eval_every",
+               "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "bias_lr_factor", "seed", "device", "amp", "eval_every",
                "checkpoint_every", "log_every", "divergence_factor", "plots")
 
 GPU_FLAGS = ("dist_timeout_minutes", "cudnn_benchmark", "tf32", "channels_last", "compile", "pin_memory")
@@ -150,10 +161,12 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .config import TrainConfig
 
     base: dict[str, Any] = {}
+    written_by_us = False  # a run's own config.yaml: read with what older releases trained with
     if args.config:
         base = load_yaml_file(args.config)
     elif args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         base = load_yaml_file(Path(args.out) / "config.yaml")
+        written_by_us = True
     model = dict(base.pop("model", {}) or {})
     for flag, key in MODEL_FLAGS.items():
         value = getattr(args, flag, None)
@@ -178,7 +191,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.grad_clip is not None:
         base["grad_clip"] = args.grad_clip if args.grad_clip > 0 else None
     base["resume"] = bool(args.resume)
-    base["model"] = ModelConfig.from_dict(model)
+    base["model"] = ModelConfig.from_artefact(model) if written_by_us else ModelConfig.from_dict(model)
     return TrainConfig.from_dict(base)
 
 

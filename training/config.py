@@ -65,6 +65,9 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     prior_cache_dir: str | None = None  # None: estimate_priors' default cache
     plots: bool = True  # loss-dynamics PNGs at the end of the run
+    # Bias parameters' lr = lr x this factor (maskrcnn-benchmark, the authors' code: 2; torchvision's recipes: 1).
+    # Biases never get weight decay (nor norms nor the guides' scalars), which is also the authors' setting.
+    bias_lr_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -101,6 +104,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError("eval_every must be >= 1 (or null: evaluate at the end only)")
+        if not self.bias_lr_factor > 0:
+            raise ConfigError(f"bias_lr_factor must be > 0, got {self.bias_lr_factor}")
         if self.warmup_steps < 0 or not 0.0 < self.warmup_factor <= 1.0:
             raise ConfigError("need warmup_steps >= 0 and 0 < warmup_factor <= 1")
         if self.grad_clip is not None and not self.grad_clip > 0:

@@ -285,8 +285,11 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
 
 def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val", images_dir: str | None = None,
                         seed: int = 0, device: str = "cpu", batch_size: int = 2, progress: bool = True,
-                        max_images: int | None = None, backend: str = "auto", workers: int = 0) -> dict[str, Any]:
+                        max_images: int | None = None, backend: str = "auto", workers: int = 0,
+                        score_thresh: float | None = None) -> dict[str, Any]:
     """Load a checkpoint and evaluate it on DATA (`synthetic[:N]`, a COCO JSON or a VOC root; see DATA_HELP).
+
+    `score_thresh` overrides the checkpoint's inference threshold (e.g. 1e-4, the 2020 R-CNN release's).
 
     Images go to the model at their original size: the model resizes inside (`model.transform`), so no
     transform is needed here. Adds "checkpoint" (path, detector, method, backbone, step) to the result.
@@ -297,6 +300,8 @@ def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val",
     device = resolve_device(device)
     model, ckpt = load_model(path, device)
     cfg = ckpt.config
+    if score_thresh is not None:
+        set_score_thresh(model, score_thresh)
     dataset = build_dataset(data_spec, split=split, images_dir=images_dir, seed=seed, with_masks=cfg.has_masks)
     if len(dataset.class_names) != cfg.num_classes:
         raise DataError(
@@ -310,9 +315,15 @@ def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val",
                        max_images=max_images, backend=backend, workers=workers)
     metrics["checkpoint"] = {"path": str(path), "detector": cfg.detector, "method": cfg.method,
                              "backbone": cfg.backbone, "step": ckpt.meta.get("step"),
-                             "score_thresh": cfg.effective_score_thresh}
+                             "score_thresh": cfg.effective_score_thresh if score_thresh is None else score_thresh}
     metrics["data"] = {"spec": data_spec, "split": split, "source": dataset.source}
     return metrics
+
+
+def set_score_thresh(model: Any, thresh: float) -> None:
+    """Set the inference score threshold of a torchvision detector (one-stage: the model; R-CNN: its RoI heads)."""
+    target = getattr(model, "roi_heads", model)
+    target.score_thresh = float(thresh)
 
 
 def resolve_device(device: str | None) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from sfdeploy.io import atomic_write_text
 
 
 def _clean(value: Any) -> Any:
@@ -105,9 +106,7 @@ class MetricsLogger:
             if rec.get("event") in ("end", "diverged"):
                 continue
             kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -11,25 +11,39 @@ from .config import TrainConfig
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases, normalisation weights and the guided-scaling `d` scalars (any 0-d/1-d tensor) get no weight decay."""
+    """Biases, normalisation weights and the guides' scalars (any 0-d/1-d tensor) get no weight decay."""
     return param.ndim <= 1 or name.endswith(".bias") or name.endswith("guide.d")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, keep = [], []
+def param_groups(model: nn.Module, weight_decay: float, bias_lr_factor: float = 1.0,
+                 base_lr: float | None = None) -> list[dict]:
+    """Weights (decayed), biases (no decay, lr x bias_lr_factor) and other 0-d/1-d parameters (no decay).
+
+    With bias_lr_factor 1 biases share the no-decay group (as before); the factor needs base_lr.
+    """
+    decay, bias, keep = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (keep if no_decay(name, p) else decay).append(p)
+        if not no_decay(name, p):
+            decay.append(p)
+        elif name.endswith(".bias") and bias_lr_factor != 1.0:
+            bias.append(p)
+        else:
+            keep.append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if keep:
         groups.append({"params": keep, "weight_decay": 0.0})
+    if bias:
+        if base_lr is None:
+            raise ValueError("bias_lr_factor != 1 needs base_lr")
+        groups.append({"params": bias, "weight_decay": 0.0, "lr": base_lr * bias_lr_factor})
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
     lr = cfg.effective_lr
+    groups = param_groups(model, cfg.weight_decay, cfg.bias_lr_factor, lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=lr)

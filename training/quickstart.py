@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sfdeploy.io import atomic_path, atomic_write_text
+
 from .evaluate_cli import _positive
 
 DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
@@ -248,8 +250,8 @@ def quickstart(out: str | Path = "runs/quickstart", model: str = "retinanet", st
     }
     table = comparison_table(summary)
     md = _summary_markdown(summary, table)
-    (out / "summary.md").write_text(md)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(out / "summary.md", md)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print("\n" + table + "\n", file=sys.stderr)
     for line in _where_lines(summary):
         _say(line)
@@ -371,7 +373,8 @@ def _render_predictions(predictors: dict[str, Any], viz: Any, val_data: str, see
         gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
         canvas = np.concatenate([panels[0], gap, panels[1]], axis=1)
         path = out_dir / f"val_{i:03d}.png"
-        Image.fromarray(canvas).save(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(canvas).save(tmp)
         written.append(str(path))
     return written
 

@@ -14,7 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sfdeploy.io import atomic_path
+
 from .metrics_log import read_metrics
+
+
+def _savefig(fig: Any, path: Path, dpi: int) -> None:
+    """savefig through a temp file (same suffix: matplotlib picks the format from it) and a rename."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+
 
 # loss terms that are classification (left) or localisation (right) in each detector's loss dict
 CLS_TERMS = ("classification", "loss_objectness", "loss_classifier")
@@ -115,7 +124,7 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     fig.suptitle(f"{title}: classification vs localisation loss")
     fig.tight_layout()
     p = out / "losses.png"
-    fig.savefig(p, dpi=100)
+    _savefig(fig, p, dpi=100)
     plt.close(fig)
     written.append(p)
 
@@ -125,18 +134,22 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
         for name in guides:
             xs, g = _guide_series(records, name, "g")
             ax_g.plot(xs, g, label=name)
-            xs, d = _guide_series(records, name, "delta")
-            ax_d.plot(xs, d, label=name)
+            # the paper's form learns delta; the authors' 2021 form learns one sigma per loss term
+            weights = sorted({k for r in records for k in ((r.get("guide") or {}).get(name) or {})
+                              if k == "delta" or k.startswith("sigma_")})
+            for key in weights:
+                xs, d = _guide_series(records, name, key)
+                ax_d.plot(xs, d, label=name if key == "delta" else f"{name} {key}")
         ax_g.set_yscale("log")
         ax_g.set_title("guided scale g = L_loc / L_cls")
-        ax_d.set_title("learnt delta")
+        ax_d.set_title("learnt delta / sigma")
         for ax in (ax_g, ax_d):
             ax.set_xlabel("step")
             ax.legend(fontsize=8)
         fig.suptitle(title)
         fig.tight_layout()
         p = out / "guided_scale.png"
-        fig.savefig(p, dpi=100)
+        _savefig(fig, p, dpi=100)
         plt.close(fig)
         written.append(p)
 
@@ -154,7 +167,7 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     fig.suptitle(title)
     fig.tight_layout()
     p = out / "total_lr.png"
-    fig.savefig(p, dpi=100)
+    _savefig(fig, p, dpi=100)
     plt.close(fig)
     written.append(p)
     return written
@@ -187,6 +200,6 @@ def plot_comparison(runs: dict[str, str | Path], out_png: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    _savefig(fig, out, dpi=100)
     plt.close(fig)
     return out

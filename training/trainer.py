@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from sfdeploy.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
+from sfdeploy.io import atomic_write_text, remove_stale_temp_files
 from sfdeploy.config import ConfigError
 from sfdeploy.data import build_dataset, collate, train_transforms
 from sfdeploy.models import build_model
 from sfdeploy.models.builder import resolved_prior
-from sfdeploy.sampling_free import GuidedLossScaling
+from sfdeploy.sampling_free import FrozenGuidedLoss, GuidedLossScaling
 
 from . import distributed as D
 from . import gpu
@@ -137,10 +138,10 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def guide_values(model: torch.nn.Module) -> dict[str, dict[str, float]]:
-    """{module name: {g, delta, loss_cls_raw, loss_loc}} of every GuidedLossScaling after a training forward."""
+    """{module name: {g, delta | sigma_*, loss_cls_raw, loss_loc}} of every guide after a training forward."""
     out = {}
     for name, m in D.unwrap(model).named_modules():
-        if isinstance(m, GuidedLossScaling) and m.last:
+        if isinstance(m, (GuidedLossScaling, FrozenGuidedLoss)) and m.last:
             out[name] = {k: float(v) for k, v in m.last.items()}
     return out
 
@@ -239,6 +240,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     out = Path(cfg.out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temp_files(out):  # a run killed mid-save (checkpoint, config, result)
+            say(f"removed {stale.name}, left by an interrupted save")
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) must be divisible by the {info.world_size} ranks")
     per_rank = cfg.batch_size // info.world_size
@@ -288,7 +291,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
 
     if main:
         resolved = dataclasses.replace(cfg, resume=False)
-        (out / "config.yaml").write_text(resolved.to_yaml())
+        atomic_write_text(out / "config.yaml", resolved.to_yaml())
 
     # -- model, optimiser, schedule --------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -572,7 +575,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
                     "median_step_time_s": median_dt, "peak_memory_mb": peak, "message": message,
                     "best_ap": best_ap, "ranks_agree": len(set(digests)) <= 1})
         logger.close()
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        atomic_write_text(out / "result.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         if cfg.plots:
             try:
                 from .report import make_report

@@ -143,7 +143,7 @@ class CocoDataset(DetectionDataset):
         if not images:
             where = " or ".join(str(r) for r in roots)
             raise DataError(f"no images in {self.json_path}: none of its {len(entries)} image files exist in "
-                            f"{where} (pass images_dir)")
+                            f"{where} (give the image folder with --images DIR)")
         return images
 
     def __len__(self) -> int:

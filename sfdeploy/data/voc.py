@@ -123,7 +123,7 @@ class VocDataset(DetectionDataset):
             self._paths.append(str(path))
         if not self._annotations:
             raise DataError(f"no images in {self.root} split {split!r}: none of the {len(ids)} listed image files "
-                            f"exist in {image_root}")
+                            f"exist in {image_root} (give the image folder with --images DIR)")
         log.report()
 
     def _parse(self, ids: list[str], log: ProblemLog) -> dict[str, _VocRecord]:

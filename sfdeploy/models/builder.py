@@ -13,6 +13,7 @@ from ..sampling_free.heads import (
     SFFCOSHead,
     SFRetinaNet,
     SFRetinaNetHead,
+    StraddleAwareRPN,
     UnsampledRoIHeads,
     UnsampledRPN,
     set_rpn_prior,
@@ -66,11 +67,12 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
     guided = cfg.uses_guided_scaling
     prior = resolved_prior(cfg)
     score_thresh = cfg.effective_score_thresh
+    form = dict(guided_form=cfg.guided_form, freeze_after=cfg.guide_freeze_steps)
 
     if cfg.detector == "retinanet":
         anchors = retinanet_anchor_generator(cfg.anchor_base_size)
         head = SFRetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
-                               focal=focal, guided=guided, prior=prior)
+                               focal=focal, guided=guided, prior=prior, **form)
         model = SFRetinaNet(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=score_thresh,
                             nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img, **common)
         model.box_coder = head.box_coder  # decode with the weights the loss encoded with
@@ -78,7 +80,7 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
 
     if cfg.detector == "fcos":
         anchors = fcos_anchor_generator()
-        head = SFFCOSHead(backbone.out_channels, 1, cfg.num_classes, focal=focal, guided=guided, prior=prior)
+        head = SFFCOSHead(backbone.out_channels, 1, cfg.num_classes, focal=focal, guided=guided, prior=prior, **form)
         return SFFCOS(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=score_thresh,
                       nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img, **common)
 
@@ -101,26 +103,47 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
         width = cfg.mask_head_channels
         model.roi_heads.mask_head = MaskRCNNHeads(backbone.out_channels, [width] * 4, 1)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, cfg.num_classes + 1)
+    if cfg.detector == "mask_rcnn":
+        init_mask_predictor(model.roi_heads.mask_predictor)
     if cfg.method != "baseline":
-        model.rpn = _unsampled_rpn(model.rpn, guided)
-        model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided, cfg.mask_positives_per_image)
+        model.rpn = _rpn(model.rpn, cfg, unsampled=True)
+        model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided, cfg.rcnn_guide_delta,
+                                               cfg.mask_positives_per_image)
+    elif cfg.rpn_straddle_thresh is not None:
+        model.rpn = _rpn(model.rpn, cfg, unsampled=False)
     if cfg.uses_optimal_init:
         set_rpn_prior(model.rpn, prior)
     return model
 
 
-def _unsampled_rpn(rpn, guided: bool) -> UnsampledRPN:  # type: ignore[no-untyped-def]
-    return UnsampledRPN(
-        rpn.anchor_generator, rpn.head,
+def init_mask_predictor(predictor: MaskRCNNPredictor) -> None:
+    """Start the mask logits near 0 (an uninformative 0.69 loss), as detectron2 does (normal, std 0.001).
+
+    torchvision initialises the 1x1 logits conv with kaiming_normal(fan_out): with C+1 output channels that is a
+    std of sqrt(2 / (C+1)) (0.63 for 4 classes) over 256 ReLU inputs, so the first logits are ~+-20 and every
+    variant started at a mask loss of 11-13 with a gradient norm near 200.
+    """
+    nn.init.normal_(predictor.mask_fcn_logits.weight, std=0.001)
+    nn.init.zeros_(predictor.mask_fcn_logits.bias)
+
+
+def _rpn(rpn, cfg: ModelConfig, unsampled: bool) -> StraddleAwareRPN:  # type: ignore[no-untyped-def]
+    """torchvision's RPN rebuilt as ours: un-sampled (ce / sampling_free) or sampled with the straddle option."""
+    kwargs = dict(
         fg_iou_thresh=rpn.proposal_matcher.high_threshold, bg_iou_thresh=rpn.proposal_matcher.low_threshold,
         batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
         positive_fraction=rpn.fg_bg_sampler.positive_fraction,
         pre_nms_top_n=rpn._pre_nms_top_n, post_nms_top_n=rpn._post_nms_top_n,
-        nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh, guided=guided,
+        nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh, straddle_thresh=cfg.rpn_straddle_thresh,
     )
+    if unsampled:
+        return UnsampledRPN(rpn.anchor_generator, rpn.head, guided=cfg.uses_guided_scaling,
+                            learn_delta=cfg.rcnn_guide_delta, **kwargs)
+    return StraddleAwareRPN(rpn.anchor_generator, rpn.head, **kwargs)
 
 
-def _unsampled_roi_heads(heads, guided: bool, mask_positives: int | None) -> UnsampledRoIHeads:  # type: ignore[no-untyped-def]
+def _unsampled_roi_heads(heads, guided: bool, learn_delta: bool,  # type: ignore[no-untyped-def]
+                         mask_positives: int | None) -> UnsampledRoIHeads:
     return UnsampledRoIHeads(
         heads.box_roi_pool, heads.box_head, heads.box_predictor,
         fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
@@ -129,5 +152,5 @@ def _unsampled_roi_heads(heads, guided: bool, mask_positives: int | None) -> Uns
         bbox_reg_weights=heads.box_coder.weights,
         score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img,
         mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor,
-        guided=guided, mask_positives_per_image=mask_positives,
+        guided=guided, learn_delta=learn_delta, mask_positives_per_image=mask_positives,
     )

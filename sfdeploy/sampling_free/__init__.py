@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GuidedLossScaling", "init_prior_bias", "initial_ce_loss", "initial_focal_loss", "prior_to_bias"]
+__all__ = ["FrozenGuidedLoss", "GUIDED_FORMS", "GuidedLossScaling", "guide_ratio", "init_prior_bias", "initial_ce_loss", "initial_focal_loss", "prior_to_bias"]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,10 @@
 
 - `focal=True`           : the baseline's sigmoid focal loss (alpha 0.25, gamma 2); otherwise plain BCE over all
                            anchors/points (`ce`, `sampling_free`).
-- `guided=True`          : guided loss scaling with a learnable delta (eq. 24), one `GuidedLossScaling` per head.
+- `guided=True`          : guided loss scaling, one guide per head. One-stage heads: `guided_form="paper"` (eq. 24,
+                           per-step g and a learnable delta) or `"frozen"` (the authors' 2021 release: g frozen after
+                           `freeze_after` steps, learnable sigma on every term). RPN / RoI box head: the authors'
+                           plain per-step guide, no delta (`learn_delta=True` restores the old ablation).
 - Unsampled RPN/RoI heads: every labelled anchor/proposal is trained, no fg:bg sampler.
 
 Inference paths are torchvision's own (only training losses change), so export sees stock torchvision graphs.
@@ -25,7 +28,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .losses import GuidedLossScaling, init_prior_bias
+from .losses import FrozenGuidedLoss, GuidedLossScaling, init_prior_bias
 
 RETINANET_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 RETINANET_SMOOTH_L1_BETA = 0.11
@@ -64,6 +67,32 @@ def _guided_losses(guide: GuidedLossScaling | None, loss_cls: Tensor, loss_guide
     return guide(loss_cls, loss_guide)
 
 
+def one_stage_guide(guided: bool, form: str, names: tuple[str, ...], freeze_after: int) -> nn.Module | None:
+    """The guide of a RetinaNet/FCOS head: None, the paper's eq. 24 or the authors' 2021 frozen form."""
+    if not guided:
+        return None
+    if form == "paper":
+        return GuidedLossScaling(ratio=1.0, learn_delta=True)
+    if form == "frozen":
+        return FrozenGuidedLoss(names, freeze_after=freeze_after)
+    raise ValueError(f"unknown guided form {form!r}: use 'paper' or 'frozen'")
+
+
+def apply_one_stage_guide(guide: nn.Module | None, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Guide `losses` ({"classification": .., localisation terms..}); the guide of eq. 24 uses their mean."""
+    if guide is None:
+        return losses
+    if isinstance(guide, FrozenGuidedLoss):
+        weighted, log_sigma = guide(losses)
+        return {**weighted, "guide_sigma": log_sigma}
+    locs = [v for k, v in losses.items() if k != "classification"]
+    scaled, delta_term = guide(losses["classification"], sum(locs) / len(locs))
+    out = {**losses, "classification": scaled}
+    if delta_term is not None:
+        out["guide_delta"] = delta_term
+    return out
+
+
 class _OneBasedLabels:
     """torchvision's one-stage postprocess emits 0-based class indices; our labels are 1..C (0 = background)."""
 
@@ -79,7 +108,7 @@ class SFRetinaNetHead(RetinaNetHead):
     """RetinaNet head with the authors' box loss (smooth-L1, beta 0.11, weights 10,10,5,5, / 4 N_pos)."""
 
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int, *, focal: bool, guided: bool,
-                 prior: float) -> None:
+                 prior: float, guided_form: str = "paper", freeze_after: int = 100) -> None:
         # GroupNorm in the 4-conv towers (torchvision's RetinaNet v2): with std-0.01 convs and no norm the signal
         # shrinks ~4x per layer and short CPU schedules barely move the head. 32 groups, but at least 2 channels
         # per group so that a 1x1 P7 map (small inputs) still has more than one value per group.
@@ -89,7 +118,7 @@ class SFRetinaNetHead(RetinaNetHead):
         self.box_coder = det_utils.BoxCoder(weights=RETINANET_BOX_WEIGHTS)
         self.regression_head.box_coder = self.box_coder
         self.focal = focal
-        self.guide = GuidedLossScaling(ratio=1.0) if guided else None
+        self.guide = one_stage_guide(guided, guided_form, ("classification", "bbox_regression"), freeze_after)
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
         cls_logits: Tensor = head_outputs["cls_logits"]  # [N, A, C]
@@ -109,11 +138,7 @@ class SFRetinaNetHead(RetinaNetHead):
             box_regression[foreground], reg_target, beta=RETINANET_SMOOTH_L1_BETA, reduction="sum"
         ) / (4 * num_fg)
 
-        loss_cls, delta_term = _guided_losses(self.guide, loss_cls, loss_box)
-        losses = {"classification": loss_cls, "bbox_regression": loss_box}
-        if delta_term is not None:
-            losses["guide_delta"] = delta_term
-        return losses
+        return apply_one_stage_guide(self.guide, {"classification": loss_cls, "bbox_regression": loss_box})
 
 
 class SFRetinaNet(_OneBasedLabels, RetinaNet):
@@ -155,11 +180,12 @@ class SFFCOSHead(FCOSHead):
     """FCOS head: focal or BCE classification; Sampling-Free guide = mean of the GIoU and centerness losses."""
 
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int, *, focal: bool, guided: bool,
-                 prior: float) -> None:
+                 prior: float, guided_form: str = "paper", freeze_after: int = 100) -> None:
         super().__init__(in_channels, num_anchors, num_classes)
         init_prior_bias(self.classification_head.cls_logits, prior)
         self.focal = focal
-        self.guide = GuidedLossScaling(ratio=1.0) if guided else None
+        self.guide = one_stage_guide(guided, guided_form, ("classification", "bbox_regression", "bbox_ctrness"),
+                                     freeze_after)
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
         cls_logits: Tensor = head_outputs["cls_logits"]  # [N, A, C]
@@ -185,11 +211,9 @@ class SFFCOSHead(FCOSHead):
         )
         loss_ctr = F.binary_cross_entropy_with_logits(ctrness[foreground], ctr_target, reduction="sum") / num_fg
 
-        loss_cls, delta_term = _guided_losses(self.guide, loss_cls, (loss_reg + loss_ctr) / 2)
-        losses = {"classification": loss_cls, "bbox_regression": loss_reg, "bbox_ctrness": loss_ctr}
-        if delta_term is not None:
-            losses["guide_delta"] = delta_term
-        return losses
+        # The paper's guide is the mean of the regression and centerness losses (sampling-free.md sec. 3).
+        return apply_one_stage_guide(
+            self.guide, {"classification": loss_cls, "bbox_regression": loss_reg, "bbox_ctrness": loss_ctr})
 
 
 class SFFCOS(_OneBasedLabels, FCOS):
@@ -204,22 +228,56 @@ class SFFCOS(_OneBasedLabels, FCOS):
 
 
 # ---------------------------------------------------------------------------------------------- R-CNN
-class UnsampledRPN(RegionProposalNetwork):
+def straddling_anchors(anchors: Tensor, image_size: tuple[int, int], thresh: float) -> Tensor:
+    """Anchors reaching more than `thresh` px outside the (resized, unpadded) image: maskrcnn-benchmark's
+    `straddle_thresh` visibility rule, under which the RPN loss ignores them (label -1). image_size is (h, w)."""
+    h, w = image_size
+    return (anchors[:, 0] < -thresh) | (anchors[:, 1] < -thresh) | (anchors[:, 2] >= w + thresh) | (
+        anchors[:, 3] >= h + thresh)
+
+
+class StraddleAwareRPN(RegionProposalNetwork):
+    """torchvision's RPN (biased 256 @ 1:1 sampler) that can ignore border-crossing anchors in its loss.
+
+    `straddle_thresh=None` is torchvision's behaviour (every anchor is labelled); 0 is the authors' protocol
+    (maskrcnn-benchmark's default), applied identically to every method of a comparison.
+    """
+
+    def __init__(self, *args, straddle_thresh: float | None = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.straddle_thresh = straddle_thresh
+        self._image_sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: ImageList, features: dict[str, Tensor], targets=None):  # type: ignore[override]
+        self._image_sizes = list(images.image_sizes)
+        return super().forward(images, features, targets)
+
+    def assign_targets_to_anchors(self, anchors, targets):  # type: ignore[override]
+        labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
+        if self.straddle_thresh is not None:
+            for lab, anc, size in zip(labels, anchors, self._image_sizes):
+                lab[straddling_anchors(anc, size, self.straddle_thresh)] = -1.0
+        return labels, matched_gt_boxes
+
+
+class UnsampledRPN(StraddleAwareRPN):
     """RPN trained on every labelled anchor (no 256 @ 1:1 sampler).
 
     Objectness: BCE averaged over labelled anchors; box: 0.5 x smooth-L1 (beta 1/9) over 4 x N_pos elements, so
-    the box loss is not divided by ~10^5 anchors when the sampler goes (sampling-free.md sec. 4).
+    the box loss is not divided by ~10^5 anchors when the sampler goes (sampling-free.md sec. 4). The guide is the
+    authors' plain per-step L_loc / L_obj with no learnable delta; `learn_delta=True` is the old ablation.
     """
 
-    def __init__(self, *args, guided: bool, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, guided: bool, learn_delta: bool = False, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.guide = GuidedLossScaling(ratio=1.0) if guided else None
+        self.guide = GuidedLossScaling(ratio=1.0, learn_delta=learn_delta) if guided else None
 
     def forward(self, images: ImageList, features: dict[str, Tensor], targets=None):  # type: ignore[override]
         if not self.training:
             return super().forward(images, features, targets)
         if targets is None:
             raise ValueError("targets should not be None in training")
+        self._image_sizes = list(images.image_sizes)
         feature_list = list(features.values())
         objectness, pred_bbox_deltas = self.head(feature_list)
         anchors = self.anchor_generator(images, feature_list)
@@ -249,16 +307,16 @@ class UnsampledRPN(RegionProposalNetwork):
 
 
 class UnsampledRoIHeads(RoIHeads):
-    """RoI heads trained on every labelled proposal (no 512 @ 1:3 sampler); softmax CE x 2 guide (authors').
+    """RoI heads trained on every labelled proposal (no 512 @ 1:3 sampler); softmax CE x 2 guide, no delta (authors').
 
     `mask_positives_per_image` (default None: every positive, the paper) caps the mask head's input to a uniform
     random subset of the positives: an unbiased estimate of the same mean per-pixel loss at the baseline's cost.
     """
 
-    def __init__(self, *args, guided: bool, mask_positives_per_image: int | None = None,  # type: ignore[no-untyped-def]
-                 **kwargs) -> None:
+    def __init__(self, *args, guided: bool, learn_delta: bool = False,  # type: ignore[no-untyped-def]
+                 mask_positives_per_image: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.guide = GuidedLossScaling(ratio=2.0) if guided else None
+        self.guide = GuidedLossScaling(ratio=2.0, learn_delta=learn_delta) if guided else None
         self.mask_positives_per_image = mask_positives_per_image
 
     def subsample(self, labels: list[Tensor]) -> list[Tensor]:  # type: ignore[override]

@@ -119,6 +119,8 @@ class _Counter:
             self.matcher = getattr(model, "proposal_matcher", None)
             self.strides = [8, 16, 32, 64, 128]
         self.center_radius = float(getattr(model, "center_sampling_radius", 0.0))
+        # Border-crossing RPN anchors the loss ignores (ModelConfig.rpn_straddle_thresh): neither fg nor bg.
+        self.straddle = cfg.rpn_straddle_thresh if self.kind == "rpn" else None
         self.min_size = int(model.transform.min_size[-1])
         self.max_size = int(model.transform.max_size)
         self.divisible = int(model.transform.size_divisible)
@@ -182,6 +184,8 @@ class _Counter:
         new = transformed_size(height, width, self.min_size, self.max_size)
         lay = self.layout(*padded_size(*new, self.divisible))
         num_anchors = lay.anchors.shape[0]
+        if self.straddle is not None:
+            return self._count_visible(lay, new, height, width, boxes)
         if len(boxes) == 0:
             return 0, num_anchors  # every anchor/point is background (torchvision's loss does the same)
         gt = scale_boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), (height, width), new)
@@ -194,13 +198,27 @@ class _Counter:
             return fg, num_anchors - fg
         return self._count_iou(lay, gt)
 
+    def _count_visible(self, lay: _Layout, new: tuple[int, int], height: int, width: int,
+                       boxes: np.ndarray) -> tuple[int, int]:
+        """(fg, bg) as the straddle-aware RPN loss labels them: match on every anchor, then drop the straddling."""
+        from torchvision.ops import box_iou
+
+        from .heads import straddling_anchors
+
+        visible = ~straddling_anchors(lay.anchors, new, float(self.straddle))
+        if len(boxes) == 0:
+            return 0, int(visible.sum())
+        gt = scale_boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), (height, width), new)
+        matched = self.matcher(box_iou(gt, lay.anchors))[visible]
+        return int((matched >= 0).sum()), int((matched == -1).sum())
+
     def count_dense(self, height: int, width: int, boxes: np.ndarray) -> tuple[int, int]:
         """Reference: the matcher on the full IoU matrix (what the loss computes), no pruning."""
         from torchvision.ops import box_iou
 
         new = transformed_size(height, width, self.min_size, self.max_size)
         lay = self.layout(*padded_size(*new, self.divisible))
-        if len(boxes) == 0 or self.kind == "fcos":
+        if len(boxes) == 0 or self.kind == "fcos" or self.straddle is not None:
             return self.count(height, width, boxes)
         gt = scale_boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), (height, width), new)
         matched = self.matcher(box_iou(gt, lay.anchors))
@@ -408,6 +426,8 @@ def _cache_key(cfg: ModelConfig, counter: _Counter, fingerprint: str) -> tuple[s
                                             bool(m.allow_low_quality_matches)],
         "center_sampling_radius": counter.center_radius if counter.kind == "fcos" else None,
     }
+    if counter.straddle is not None:  # only then, so that existing cache entries stay valid
+        desc["rpn_straddle_thresh"] = float(counter.straddle)
     key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
     return key, desc
 

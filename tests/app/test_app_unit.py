@@ -163,12 +163,14 @@ def test_bad_uploads_raise_friendly_errors(tmp_path: Path) -> None:
 
 
 def test_build_app_without_models_explains_quickstart(tmp_path: Path) -> None:
-    demo = app.build_app(tmp_path / "nothing-here", store=app.ModelStore(warmup=False))
-    config = demo.get_config_file()
-    texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
-    assert "sfdeploy quickstart --out" in texts and "does not exist yet" in texts
-    labels = [c.get("props", {}).get("value") for c in config["components"] if c.get("type") == "button"]
-    assert "Train the tiny built-in pair here" in labels
+    for allow_train in (False, True):
+        demo = app.build_app(tmp_path / "nothing-here", store=app.ModelStore(warmup=False), allow_train=allow_train)
+        config = demo.get_config_file()
+        texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
+        assert "sfdeploy quickstart --out" in texts and "does not exist yet" in texts
+        assert ("--allow-train" in texts) is not allow_train
+        labels = [c.get("props", {}).get("value") for c in config["components"] if c.get("type") == "button"]
+        assert ("Train the tiny built-in pair here" in labels) is allow_train
 
 
 def test_build_app_with_models(tiny_models: Path, catalog_and_store) -> None:  # noqa: ANN001
@@ -229,6 +231,7 @@ def test_demo_cli_registers_and_stays_light() -> None:
     demo_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["demo", "--models", "m", "--port", "7999"])
     assert args.handler is demo_cli.run and args.models == "m" and args.port == 7999 and args.host == "127.0.0.1"
+    assert args.allow_train is False and parser.parse_args(["demo", "--allow-train"]).allow_train is True
     code = ("import sys, sfdeploy.demo_cli; heavy = [m for m in ('torch', 'gradio', 'app', 'serving') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -240,6 +243,7 @@ def test_main_parses_flags() -> None:
     assert (args.models, args.port, args.share, args.host) == ("d", 8000, False, "0.0.0.0")
     assert app.parse_args(["--share", "true"]).share is True
     assert app.parse_args([]).share is False
+    assert app.parse_args([]).allow_train is False and app.parse_args(["--allow-train"]).allow_train is True
 
 
 def _png_bytes(image) -> bytes:  # noqa: ANN001
@@ -263,8 +267,8 @@ def test_raw_upload_path_never_decodes(tmp_path: Path) -> None:
     assert app.raw_upload_path(None) is None
     assert app.raw_upload_path(SimpleNamespace(url=None, path="/x/y.png")) == "/x/y.png"
     url = "data:image/png;base64," + base64.b64encode(b"corrupt bytes").decode()
-    path = app.raw_upload_path(SimpleNamespace(url=url, path=None), str(tmp_path))
-    assert Path(path).read_bytes() == b"corrupt bytes"
+    data = app.raw_upload_path(SimpleNamespace(url=url, path=None))
+    assert data == b"corrupt bytes"  # decoded in memory: no temp file
     with pytest.raises(app.BadImage, match="not an image"):
-        app.load_input(path)
+        app.load_input(data)
     assert not (ROOT / "app.pyi").exists()  # no gradio Component subclass in app.py (gradio would write a stub)

@@ -145,3 +145,20 @@ def test_local_weights_roundtrip(tmp_path) -> None:
     fewer_proposals(build_model(cfg, load_backbone_weights=False))
     with pytest.raises(BackboneError):
         build_model(cfg)
+
+
+class _RunsCode:
+    def __reduce__(self):  # noqa: ANN204 - a pickle that would run a shell command if unpickled
+        return (os.system, ("echo pwned",))
+
+
+def test_malicious_pickle_error_never_suggests_weights_only_false(tmp_path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "sfdeploy.checkpoint", "model": _RunsCode()}, evil)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(evil)
+    message = str(info.value)
+    assert "evil.pt" in message and "\n" not in message
+    assert "Python objects" in message and "system" in message  # says what was refused
+    for unsafe in ("weights_only", "False", "safe_globals", "trusted"):
+        assert unsafe not in message, message

@@ -93,3 +93,10 @@ def test_raccoon_loads(raccoon_root: Path) -> None:
     assert image.shape == (3, first.height, first.width) and image.dtype == torch.float32
     assert torch.equal(target["boxes"], torch.from_numpy(first.boxes))
     assert train.fingerprint() != val.fingerprint()
+
+
+def test_all_images_missing_names_the_images_flag(voc_root: Path) -> None:
+    for jpg in (voc_root / "JPEGImages").iterdir():
+        jpg.unlink()
+    with pytest.raises(DataError, match="none of the .* exist in .*--images DIR"):
+        VocDataset(voc_root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         def __missing__(self, detector: str) -> Path:
             t0 = time.perf_counter()
             path = train_tiny(detector, root)
-            print(f"trained {detector} in {time.perf_counter() - t0:.1f}s")
+            print(f"trained {detector} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)  # stdout: tests read JSON
             self[detector] = path
             return path
 

@@ -80,3 +80,23 @@ def test_bench_json_and_table(artefacts, capsys):
                                                           ("onnxruntime", 2)]
     assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] * 0.5 and "AP" in r for r in rows)
     assert "| artefact | backend |" in captured.err
+
+
+def test_predict_json_interrupted_before_rename_keeps_previous_results(artefacts, tmp_path, monkeypatch):
+    """A predict run that dies while writing --json leaves the previous results file whole (atomic write)."""
+    import sfdeploy.io
+
+    _, onnx_path = artefacts.get("retinanet")
+    image = write_jpeg(tmp_path / "x.jpg", synthetic_image(2))
+    out = tmp_path / "results.json"
+    out.write_text('["previous run"]')
+
+    def killed(tmp, path):  # noqa: ANN001, ANN202 - the process dies after writing, before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sfdeploy.io, "_commit", killed)
+    args = parser().parse_args(["predict", str(onnx_path), str(image), "--json", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        args.handler(args)
+    assert json.loads(out.read_text()) == ["previous run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "x.jpg"]

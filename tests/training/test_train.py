@@ -156,3 +156,23 @@ def test_optimizer_groups_and_schedule():
     assert lr_factor(0, 90, cfg) == pytest.approx(1 / 3)
     assert lr_factor(10, 90, cfg) == 1.0
     assert lr_factor(60, 90, cfg) == pytest.approx(0.1) and lr_factor(80, 90, cfg) == pytest.approx(0.01)
+
+
+def test_authors_protocol_flags():
+    import argparse
+
+    from training.cli import _register_train, config_from_args
+
+    parser = argparse.ArgumentParser()
+    _register_train(parser.add_subparsers())
+    args = parser.parse_args(["train", "--model", "faster_rcnn", "--out", "x", "--rcnn-guide-delta",
+                              "--rpn-straddle-thresh", "0", "--bias-lr-factor", "2", "--warmup-steps", "500"])
+    cfg = config_from_args(args)
+    assert cfg.model.rcnn_guide_delta is True and cfg.model.rpn_straddle_thresh == 0.0
+    assert cfg.bias_lr_factor == 2.0 and cfg.warmup_steps == 500
+    one = config_from_args(parser.parse_args(["train", "--model", "fcos", "--out", "x", "--guided-form", "frozen",
+                                              "--guide-freeze-steps", "50"]))
+    assert one.model.guided_form == "frozen" and one.model.guide_freeze_steps == 50
+    default = config_from_args(parser.parse_args(["train", "--model", "mask_rcnn", "--out", "x"]))
+    assert default.model.rcnn_guide_delta is False and default.model.guided_form == "paper"
+    assert default.bias_lr_factor == 1.0 and default.model.rpn_straddle_thresh is None

@@ -1,0 +1,155 @@
+"""Export replaces its target atomically: a killed or failed export leaves the previous artefact intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init RetinaNet (export needs no training when parity is not checked)."""
+    from sfdeploy.checkpoint import save_checkpoint
+    from sfdeploy.config import ModelConfig
+    from sfdeploy.models import build_model
+
+    cfg = ModelConfig(detector="retinanet", backbone="resnet18", class_names=["a", "b"], min_size=128,
+                      max_size=128, fpn_channels=64)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", build_model(cfg, load_backbone_weights=False),
+                           cfg)
+
+
+def test_export_killed_mid_write_keeps_the_old_artefact(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """SIGKILL while onnx.save has written half the new graph (what a killed `sfdeploy export` did to a 77 MB
+    file): the old .onnx survives byte for byte, and the next export cleans the leftover and succeeds."""
+    from export.onnx import export_onnx, read_metadata
+
+    out = tmp_path / "model.onnx"
+    export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)
+    old = out.read_bytes()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()
+    code = textwrap.dedent(f"""
+        import sys, time, onnx
+        def half_save(model, path, *a, **k):  # the kill lands in the middle of writing the graph
+            data = model.SerializeToString()
+            with open(path, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+            print("WRITING", flush=True)
+            time.sleep(120)
+        onnx.save = onnx.save_model = half_save
+        from sfdeploy.cli import main
+        sys.exit(main(["export", {str(tiny_checkpoint)!r}, "--out", {str(out)!r}, "--exporter", "torchscript",
+                       "--no-verify"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert line == "WRITING"
+    assert out.read_bytes() == old  # not truncated, not replaced
+    assert read_metadata(out)["detector"] == "retinanet"
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "model.onnx")
+    assert len(leftovers) == 1 and leftovers[0].startswith(".model.onnx.")  # SIGKILL: no cleanup possible
+    export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # the next export removed it
+
+
+def test_export_failing_parity_keeps_the_old_artefact(tiny_checkpoint: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.onnx as eo
+    from export.verify import ParityError, ParityReport
+
+    out = tmp_path / "model.onnx"
+    import onnx
+
+    eo.export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)
+    graph = onnx.load(str(out))
+    graph.metadata_props.add(key="marker", value="the previous export")  # re-exporting would give equal bytes
+    onnx.save(graph, str(out))
+    old = out.read_bytes()
+    monkeypatch.setattr(eo, "verify_onnx", lambda path, *a, **k: ParityReport(str(path), {}, []))  # never passes
+    with pytest.raises(ParityError) as info:
+        eo.export_onnx(tiny_checkpoint, out, exporter="torchscript")
+    assert out.read_bytes() == old
+    failed = tmp_path / "model.onnx.parity-failed"  # kept for inspection, not picked up as a model by *.onnx
+    assert info.value.report.artefact == str(failed) and str(failed) in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.parity-failed"]
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def test_triton_repository_rewrite_failing_mid_copy_keeps_the_served_model(tiny_checkpoint: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton polls its repository: a rewrite that dies while copying must not leave it half a model."""
+    import shutil
+
+    import export.triton as et
+    from export.onnx import export_onnx
+
+    graph = export_onnx(tiny_checkpoint, tmp_path / "m.onnx", exporter="torchscript", verify=False).path
+    model_dir = et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
+    served = model_dir / "1" / "model.onnx"
+    before = served.read_bytes()
+    assert stat.S_IMODE(served.stat().st_mode) == 0o666 & ~_umask()
+
+    def dying_copy(src, dst, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfile", dying_copy)
+    with pytest.raises(OSError, match="disk full"):
+        et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
+    assert served.read_bytes() == before
+    assert sorted(p.name for p in served.parent.iterdir()) == ["model.onnx"]
+
+
+def test_sigterm_during_export_leaves_no_temp_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM, as docker stop / systemd send) mid-write unwinds like Ctrl-C: exit 130, the old
+    artefact intact and no temporary file left behind."""
+    from export.onnx import export_onnx
+
+    out = tmp_path / "model.onnx"
+    export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)
+    old = out.read_bytes()
+    code = textwrap.dedent(f"""
+        import sys, time, onnx
+        def slow_save(model, path, *a, **k):
+            with open(path, "wb") as fh:
+                fh.write(b"half a graph")
+            print("WRITING", flush=True)
+            time.sleep(120)
+        onnx.save = onnx.save_model = slow_save
+        from sfdeploy.cli import main
+        sys.exit(main(["export", {str(tiny_checkpoint)!r}, "--out", {str(out)!r}, "--exporter", "torchscript",
+                       "--no-verify"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert out.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
