@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,12 +199,12 @@ class Predictor:
             self.predict_image(image)
 
     def info(self) -> dict[str, Any]:
-        """What /v1/models shows."""
+        """What /v1/models shows: the artefact's file name, never the server's path to it."""
         cfg = self.config
         meta = self.metadata.get("meta") or {}
         return {
             "detector": cfg.detector, "method": cfg.method, "backbone": cfg.backbone, "backend": self.backend,
-            "device": self.device, "source": self.source, "class_names": self.class_names,
+            "device": self.device, "source": Path(self.source).name, "class_names": self.class_names,
             "score_thresh": self.score_thresh, "nms_thresh": cfg.nms_thresh,
             "detections_per_img": cfg.detections_per_img, "has_masks": cfg.has_masks,
             "min_size": cfg.min_size, "max_size": cfg.max_size, "metrics": self.metrics,
