@@ -82,7 +82,9 @@ def measure(artefact: str, size: int, threshold: float | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", "--artefact", artefact, "--size", str(size)]
     if threshold is not None:
         cmd += ["--threshold", str(threshold)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"mask_memory child failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -22,11 +22,11 @@ ROW_STRIP = 256
 
 
 class BoxMasks:
-    """N instance masks of an (H, W) image, each stored as a bool crop at an (x0, y0) origin.
+    """N instance masks of an (H, W) image, each stored as a bit-packed crop at an (x0, y0) origin.
 
     Behaves like a read-only bool array [N,H,W] for old callers (`shape`, `dtype`, `len`, `masks[i]` -> [H,W],
-    `np.asarray(masks)`), but materialising the whole array costs N*H*W bytes: use `crops`/`origins`, `rle()` or
-    `dense(i)` to stay bounded.
+    `np.asarray(masks)`), but materialising the whole array costs N*H*W bytes: use `crop(i)`/`origins`, `rle()`
+    or `dense(i)` to stay bounded. Stored: 1 bit per pixel of each mask's bounding box.
     """
 
     dtype = np.dtype(bool)
@@ -35,27 +35,41 @@ class BoxMasks:
     def __init__(self, crops: Sequence[np.ndarray], origins: np.ndarray | Sequence[Sequence[int]],
                  image_size: tuple[int, int]) -> None:
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.crops = [np.ascontiguousarray(c, dtype=bool) for c in crops]
         self.origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)  # (x0, y0) per mask
-        if len(self.crops) != len(self.origins):
-            raise ValueError(f"{len(self.crops)} crops but {len(self.origins)} origins")
+        if len(crops) != len(self.origins):
+            raise ValueError(f"{len(crops)} crops but {len(self.origins)} origins")
         H, W = self.image_size
-        for c, (x0, y0) in zip(self.crops, self.origins):
+        self._shapes: list[tuple[int, int]] = []
+        self._packed: list[np.ndarray] = []
+        for c, (x0, y0) in zip(crops, self.origins):
+            c = np.asarray(c, dtype=bool)
             if c.ndim != 2 or x0 < 0 or y0 < 0 or y0 + c.shape[0] > H or x0 + c.shape[1] > W:
                 raise ValueError(f"crop {c.shape} at ({x0}, {y0}) does not fit in a {H}x{W} image")
+            self._shapes.append((int(c.shape[0]), int(c.shape[1])))
+            self._packed.append(np.packbits(c, axis=None))
+
+    def crop(self, i: int) -> np.ndarray:
+        """Mask i's bool crop (its bounding box; 0x0 for an empty mask); place it at origins[i]."""
+        h, w = self._shapes[i]
+        return np.unpackbits(self._packed[i], count=h * w).reshape(h, w).view(bool)
+
+    @property
+    def crops(self) -> list[np.ndarray]:
+        """All bool crops (unpacked: 8x the stored size)."""
+        return [self.crop(i) for i in range(len(self))]
 
     # -- array-like view ---------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (len(self.crops), *self.image_size)
+        return (len(self), *self.image_size)
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self._packed)
 
     def dense(self, i: int) -> np.ndarray:
         """Mask i as bool [H,W] (H*W bytes)."""
         out = np.zeros(self.image_size, dtype=bool)
-        c = self.crops[i]
+        c = self.crop(i)
         x0, y0 = (int(v) for v in self.origins[i])
         out[y0:y0 + c.shape[0], x0:x0 + c.shape[1]] = c
         return out
@@ -68,7 +82,8 @@ class BoxMasks:
     def to_dense(self) -> np.ndarray:
         """All masks as bool [N,H,W]: N*H*W bytes, the cost the box-local storage avoids."""
         out = np.zeros(self.shape, dtype=bool)
-        for i, (c, (x0, y0)) in enumerate(zip(self.crops, self.origins)):
+        for i, (x0, y0) in enumerate(self.origins):
+            c = self.crop(i)
             out[i, y0:y0 + c.shape[0], x0:x0 + c.shape[1]] = c
         return out
 
@@ -78,15 +93,16 @@ class BoxMasks:
 
     def select(self, index: Sequence[int] | np.ndarray) -> "BoxMasks":
         idx = [int(k) for k in np.asarray(index).reshape(-1)]
-        return BoxMasks([self.crops[k] for k in idx], self.origins[idx], self.image_size)
+        return BoxMasks([self.crop(k) for k in idx], self.origins[idx], self.image_size)
 
     @property
     def nbytes(self) -> int:
-        return int(sum(c.nbytes for c in self.crops))
+        """Bytes stored (bit-packed crops)."""
+        return int(sum(p.nbytes for p in self._packed))
 
     def rle(self) -> list[dict[str, Any]]:
         """COCO compressed RLE per mask ({"size": [H,W], "counts": str}), computed from the crops."""
-        return [crop_to_rle(c, int(x0), int(y0), self.image_size) for c, (x0, y0) in zip(self.crops, self.origins)]
+        return [crop_to_rle(self.crop(i), int(x0), int(y0), self.image_size) for i, (x0, y0) in enumerate(self.origins)]
 
     @classmethod
     def from_dense(cls, masks: np.ndarray) -> "BoxMasks":

@@ -28,11 +28,11 @@ def _field(dets: Any, name: str) -> Any:
 def _mask_region(masks: Any, i: int, size: tuple[int, int]) -> tuple[Any, np.ndarray | None]:
     """(slice of the image, bool mask over it) for mask i: a BoxMasks crop as is (no full-size copy), or a dense
     [H,W] mask; (None, None) when it does not fit the image."""
-    crops, origins = getattr(masks, "crops", None), getattr(masks, "origins", None)
-    if crops is not None and origins is not None:
+    crop, origins = getattr(masks, "crop", None), getattr(masks, "origins", None)
+    if callable(crop) and origins is not None:
         if tuple(getattr(masks, "image_size", ())) != tuple(size):
             return None, None
-        c = crops[i]
+        c = crop(i)
         x0, y0 = (int(v) for v in origins[i])
         return (slice(y0, y0 + c.shape[0]), slice(x0, x0 + c.shape[1])), c
     m = np.asarray(masks[i]).astype(bool)

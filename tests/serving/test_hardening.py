@@ -117,6 +117,7 @@ def test_mask_rcnn_request_memory_is_bounded(artefacts):
     out = subprocess.run([sys.executable, str(script), "--child", "--artefact", str(ckpt), "--size", "2000",
                           "--threshold", "0"], capture_output=True, text=True, check=True, timeout=600)
     report = json.loads(out.stdout.strip().splitlines()[-1])
+    print("mask request memory:", report)
     assert report["detections"] == 100  # detections_per_img: the worst case for masks
     assert report["peak_growth_mb"] < MASK_REQUEST_PEAK_MB, report
 
