@@ -250,3 +250,17 @@ def test_slow_body_gets_408(service):
         sock.close()
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert b"not received within 1 s" in reply
+
+
+def test_serve_flags_reach_the_server(monkeypatch):
+    from serving import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda artefacts, **kw: seen.update(kw))
+    args = parser().parse_args(["serve", "m.onnx", "--header-timeout", "2", "--keep-alive", "3",
+                                "--body-timeout", "5", "--max-bytes", "1000"])
+    assert args.handler(args) == 0
+    assert (seen["header_timeout"], seen["keep_alive"], seen["body_timeout"], seen["max_bytes"]) == (2.0, 3, 5.0, 1000)
+    args = parser().parse_args(["serve", "m.onnx"])
+    args.handler(args)
+    assert seen["header_timeout"] is None and seen["keep_alive"] is None  # serve() applies the defaults
