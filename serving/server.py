@@ -135,11 +135,11 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
             try:
                 dets = predictor.predict_image(image, score_thresh=threshold, max_detections=max_detections,
                                                masks=masks)
+                body = dets.to_dict(masks=masks)
             except Exception as exc:  # a backend bug: a clean JSON 500 that keeps the connection usable
                 log.exception("model %s failed on a %dx%d image", name, image.shape[1], image.shape[0])
                 raise ApiError(500, f"inference failed on a {image.shape[1]}x{image.shape[0]} image "
                                     f"({type(exc).__name__})") from None
-            body = dets.to_dict(masks=masks)
             body["model"] = name
             body["time_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
             return body

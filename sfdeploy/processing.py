@@ -153,7 +153,8 @@ def _tensor_to_rgb(t: Any, label: str, limit: int) -> np.ndarray:
 # -- model input -----------------------------------------------------------------------------------
 # Longest/shortest side ratio the backend sees. Thinner inputs are padded (bottom/right, black) up to it: the
 # models resize the longest side to max_size, and a 10000 x 10 image would otherwise shrink to a 0-pixel side
-# inside the graph. Padding never changes that scale, so detection quality on the real pixels is unchanged.
+# inside the graph. Padding leaves that scale (max_size / longest side) unchanged unless max_size > 8 x min_size,
+# so detection quality on the real pixels is unchanged.
 MAX_ASPECT = 8
 
 
