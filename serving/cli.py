@@ -51,6 +51,10 @@ def register(subparsers: Any) -> None:
     s.add_argument("--device", default=None)
     s.add_argument("--max-bytes", type=int, default=None, help="largest accepted upload (default 20 MiB)")
     s.add_argument("--max-pixels", type=int, default=None, help="largest accepted image (default 40 Mpx)")
+    s.add_argument("--body-timeout", type=float, default=None, help="seconds to receive a request body (default 30)")
+    s.add_argument("--header-timeout", type=float, default=None,
+                   help="seconds for a new or idle connection to send request headers (default 10)")
+    s.add_argument("--keep-alive", type=int, default=None, help="idle keep-alive seconds (default 5)")
     s.set_defaults(handler=serve_command)
 
     b = subparsers.add_parser("bench", help="latency/throughput (and optional AP) per artefact",
@@ -136,8 +140,16 @@ def predict_command(args: argparse.Namespace) -> int:
             tqdm.write(f"sfdeploy predict: skipped {exc}", file=sys.stderr)
             skipped.append({"file": str(path), "error": str(exc)})
             continue
-        dets = predictor.predict_image(rgb, score_thresh=args.threshold, max_detections=args.max_detections,
-                                       masks=not args.no_masks or render_dir is not None)
+        try:
+            dets = predictor.predict_image(rgb, score_thresh=args.threshold, max_detections=args.max_detections,
+                                           masks=not args.no_masks or render_dir is not None)
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not lose the others' results
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            msg = f"{path}: inference failed on a {rgb.shape[1]}x{rgb.shape[0]} image ({type(exc).__name__}" + \
+                  (f": {reason})" if reason else ")")
+            tqdm.write(f"sfdeploy predict: skipped {msg}", file=sys.stderr)
+            skipped.append({"file": str(path), "error": msg})
+            continue
         images.append({"id": image_id, "file_name": str(path), "height": int(rgb.shape[0]),
                        "width": int(rgb.shape[1]), "detections": len(dets)})
         for rec in dets.to_coco_results(image_id, masks=not args.no_masks):
@@ -181,6 +193,10 @@ def serve_command(args: argparse.Namespace) -> int:
         kwargs["max_bytes"] = args.max_bytes
     if args.max_pixels:
         kwargs["max_pixels"] = args.max_pixels
+    if args.body_timeout:
+        kwargs["body_timeout"] = args.body_timeout
+    kwargs["header_timeout"] = args.header_timeout
+    kwargs["keep_alive"] = args.keep_alive
     server.serve(args.artefacts, host=args.host, port=args.port, names=args.name, backend=args.backend,
                  device=args.device, **kwargs)
     return 0

@@ -10,25 +10,35 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sfdeploy import processing
 from sfdeploy.config import ModelConfig
+from sfdeploy.masks import BoxMasks
 
 
 @dataclass
 class Detections:
-    """Detections of one image, in original-image pixels."""
+    """Detections of one image, in original-image pixels.
+
+    `masks` is a BoxMasks: it reads like a bool [N,H,W] array but stores one crop per detection, so a large image
+    costs what its masks cover, not N*H*W (a dense bool [N,H,W] array given here is converted).
+    """
 
     boxes: np.ndarray  # float32 [N,4] xyxy
     scores: np.ndarray  # float32 [N]
     labels: np.ndarray  # int64 [N], 1..C
     class_names: list[str]  # per detection
-    masks: np.ndarray | None  # bool [N,H,W] or None
+    masks: BoxMasks | None  # array-like bool [N,H,W] (box-local storage) or None
     image_size: tuple[int, int]  # (H, W)
     _rle: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and not isinstance(self.masks, BoxMasks):
+            self.masks = BoxMasks.from_dense(np.asarray(self.masks, dtype=bool))
 
     def __len__(self) -> int:
         return int(len(self.scores))
@@ -38,7 +48,7 @@ class Detections:
         if self.masks is None:
             return []
         if self._rle is None:
-            self._rle = processing.masks_to_rle(self.masks)
+            self._rle = self.masks.rle()
         return self._rle
 
     def to_dict(self, masks: bool = True) -> dict[str, Any]:
@@ -131,6 +141,8 @@ class Predictor:
         self.device = device
         self.max_side = max_side
         self.max_pixels = max_pixels
+        # Mask R-CNN pastes its masks at the input's size: give it the image at the size it works at anyway.
+        self.work_size = (config.min_size, config.max_size) if config.has_masks else None
         # A predictor may be shared between threads (HTTP server); backends that are not re-entrant use it.
         self.lock = threading.Lock()
 
@@ -166,7 +178,7 @@ class Predictor:
     def predict_image(self, image: np.ndarray, score_thresh: float | None = None, max_detections: int | None = None,
                       masks: bool = True) -> Detections:
         """Already-decoded uint8 [H,W,3] RGB image -> Detections."""
-        prepared = processing.prepare(image, self.max_side)
+        prepared = processing.prepare(image, self.max_side, self.work_size)
         raw = self._infer(prepared.tensor)
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         out = processing.postprocess(raw, prepared, score_thresh=thresh, max_detections=max_detections,
@@ -187,12 +199,12 @@ class Predictor:
             self.predict_image(image)
 
     def info(self) -> dict[str, Any]:
-        """What /v1/models shows."""
+        """What /v1/models shows: the artefact's file name, never the server's path to it."""
         cfg = self.config
         meta = self.metadata.get("meta") or {}
         return {
             "detector": cfg.detector, "method": cfg.method, "backbone": cfg.backbone, "backend": self.backend,
-            "device": self.device, "source": self.source, "class_names": self.class_names,
+            "device": self.device, "source": Path(self.source).name, "class_names": self.class_names,
             "score_thresh": self.score_thresh, "nms_thresh": cfg.nms_thresh,
             "detections_per_img": cfg.detections_per_img, "has_masks": cfg.has_masks,
             "min_size": cfg.min_size, "max_size": cfg.max_size, "metrics": self.metrics,

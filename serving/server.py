@@ -2,8 +2,9 @@
 
 Every bad input is answered with a 4xx JSON body {"error": "..."}: non-image bytes, truncated files, empty
 uploads, decompression bombs and over-size images (413), over-size bodies (413), wrong field names or content
-types (422/415), unknown model (404). Decoding and inference run in worker threads (never on the event loop);
-a per-model semaphore bounds concurrent inferences.
+types (422/415), unknown model (404), a body not received within `body_timeout` (408), two 'image' parts (400).
+Decoding and inference run in worker threads (never on the event loop); a per-model semaphore bounds concurrent
+inferences. The documented response shapes live in serving/api_schema.py; limits and timeouts in docs/SERVING.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 from typing import Any
 
@@ -22,11 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sfdeploy import limits, processing
 
+from .api_schema import DetectResponse, HealthResponse, ModelsResponse, error_responses
 from .predictor import Predictor
 
 DEFAULT_MAX_BYTES = limits.MAX_IMAGE_BYTES  # shared with the demo (sfdeploy.limits)
 DEFAULT_MAX_PIXELS = limits.MAX_IMAGE_PIXELS
 DEFAULT_CONCURRENCY = 1  # inferences in flight per model (each already uses all cores)
+DEFAULT_BODY_TIMEOUT = 30.0  # s to receive a whole request body (slow uploads get 408)
+
+log = logging.getLogger("sfdeploy.serving")
 
 
 class ApiError(Exception):
@@ -55,7 +61,8 @@ _DETECT_BODY = {
 
 
 def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, concurrency: int = DEFAULT_CONCURRENCY) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, concurrency: int = DEFAULT_CONCURRENCY,
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
     """An ASGI app serving `models` (name -> Predictor; the first is the default)."""
     if not models:
         raise ValueError("create_app needs at least one model")
@@ -91,16 +98,18 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "models": list(models)}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelsResponse)
     async def list_models() -> dict[str, Any]:
         return {"default": default_model,
                 "models": [{"name": name, **p.info()} for name, p in models.items()]}
 
-    @app.post("/v1/detect", openapi_extra=_DETECT_BODY,
+    @app.post("/v1/detect", openapi_extra=_DETECT_BODY, response_model=DetectResponse,
+              response_model_exclude_none=True,
+              responses=error_responses(400, 404, 408, 413, 415, 422, 500),
               summary="Detect objects in one image (multipart field 'image' or JSON 'image_base64')")
     async def detect(
         request: Request,
@@ -113,7 +122,7 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
         if name not in models:
             raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(models)}")
         predictor = models[name]
-        data = await _read_image_bytes(request, max_bytes)
+        data = await _read_image_bytes(request, max_bytes, body_timeout)
 
         def work() -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -123,9 +132,14 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
                 raise ApiError(413, str(exc)) from None
             except processing.InvalidImageError as exc:
                 raise ApiError(400, str(exc)) from None
-            dets = predictor.predict_image(image, score_thresh=threshold, max_detections=max_detections,
-                                           masks=masks)
-            body = dets.to_dict(masks=masks)
+            try:
+                dets = predictor.predict_image(image, score_thresh=threshold, max_detections=max_detections,
+                                               masks=masks)
+                body = dets.to_dict(masks=masks)
+            except Exception as exc:  # a backend bug: a clean JSON 500 that keeps the connection usable
+                log.exception("model %s failed on a %dx%d image", name, image.shape[1], image.shape[0])
+                raise ApiError(500, f"inference failed on a {image.shape[1]}x{image.shape[0]} image "
+                                    f"({type(exc).__name__})") from None
             body["model"] = name
             body["time_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
             return body
@@ -136,7 +150,7 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
     return app
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
+async def _read_body(request: Request, max_bytes: int, timeout: float = DEFAULT_BODY_TIMEOUT) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -144,27 +158,34 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
                 raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {max_bytes} bytes")
         except ValueError:
             raise ApiError(400, "invalid Content-Length header") from None
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > max_bytes:
-            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    total = 0
+    with anyio.move_on_after(timeout) as scope:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise ApiError(408, f"request body not received within {timeout:g} s")
     body = b"".join(chunks)
     request._body = body  # lets request.form() / request.json() reuse it
     return body
 
 
-async def _read_image_bytes(request: Request, max_bytes: int) -> bytes:
+async def _read_image_bytes(request: Request, max_bytes: int, timeout: float = DEFAULT_BODY_TIMEOUT) -> bytes:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     # multipart overhead (boundaries, headers) is small; allow it on top of the image limit
-    body = await _read_body(request, max_bytes + 64 * 1024)
+    body = await _read_body(request, max_bytes + 64 * 1024, timeout)
     if ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=4, max_fields=16)
         except Exception as exc:  # malformed multipart
             raise ApiError(400, f"malformed multipart body: {exc}") from None
         try:
+            parts = form.getlist("image")
+            if len(parts) > 1:
+                raise ApiError(400, f"multipart body has {len(parts)} 'image' parts; send exactly one")
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 fields = sorted(form.keys())
@@ -186,6 +207,7 @@ async def _read_image_bytes(request: Request, max_bytes: int) -> bytes:
             raise ApiError(422, "'image_base64' must be a string")
         if "," in encoded[:100] and encoded.startswith("data:"):
             encoded = encoded.split(",", 1)[1]  # data URL
+        encoded = "".join(encoded.split())  # GNU base64 wraps at 76 columns; MIME allows CR LF
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
@@ -224,12 +246,19 @@ def load_models(artefacts: list[str], names: list[str] | None = None, backend: s
 
 def serve(artefacts: list[str], host: str = "127.0.0.1", port: int = 8000, names: list[str] | None = None,
           backend: str = "auto", device: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-          max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info") -> None:
-    """Load the artefacts and run the service with uvicorn until interrupted."""
+          max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info",
+          body_timeout: float = DEFAULT_BODY_TIMEOUT, header_timeout: float | None = None,
+          keep_alive: int | None = None) -> None:
+    """Load the artefacts and run the service with uvicorn until interrupted (timeouts: serving/http_timeouts.py)."""
     import uvicorn
+
+    from .http_timeouts import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE, uvicorn_config
 
     models = load_models(artefacts, names, backend=backend, device=device)
     for p in models.values():
         p.warmup(size=min(p.config.max_size, 320))
-    app = create_app(models, max_bytes=max_bytes, max_pixels=max_pixels)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    app = create_app(models, max_bytes=max_bytes, max_pixels=max_pixels, body_timeout=body_timeout)
+    config = uvicorn_config(app, host=host, port=port, log_level=log_level,
+                            header_timeout=DEFAULT_HEADER_TIMEOUT if header_timeout is None else header_timeout,
+                            keep_alive=DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive)
+    uvicorn.Server(config).run()

@@ -2,8 +2,9 @@
 
 One implementation, tested once:
     load_image(source)            path | bytes | PIL | ndarray | tensor -> uint8 [H,W,3] RGB (EXIF applied)
-    prepare(image, max_side)      uint8 [H,W,3] -> float32 [1,3,h,w] in [0,1] (+ the downscale factors)
+    prepare(image, max_side)      uint8 [H,W,3] -> float32 [1,3,h,w] in [0,1] (+ the downscale factors, padding)
     postprocess(raw, ...)         backend outputs in input coordinates -> arrays in original-image coordinates
+                                  (masks box-local: sfdeploy.masks.BoxMasks)
     masks_to_rle / rle_to_masks   COCO RLE (pycocotools) for transport
 
 Bad images raise `InvalidImageError` (or `ImageTooLargeError` for decompression bombs and over-size inputs) with
@@ -150,13 +151,20 @@ def _tensor_to_rgb(t: Any, label: str, limit: int) -> np.ndarray:
 
 
 # -- model input -----------------------------------------------------------------------------------
+# Longest/shortest side ratio the backend sees. Thinner inputs are padded (bottom/right, black) up to it: the
+# models resize the longest side to max_size, and a 10000 x 10 image would otherwise shrink to a 0-pixel side
+# inside the graph. Padding leaves that scale (max_size / longest side) unchanged unless max_size > 8 x min_size,
+# so detection quality on the real pixels is unchanged.
+MAX_ASPECT = 8
+
+
 @dataclass
 class Prepared:
     """A backend's input and how to map its outputs back to the original image."""
 
-    tensor: np.ndarray  # float32 [1,3,h,w] in [0,1]
+    tensor: np.ndarray  # float32 [1,3,h',w'] in [0,1]; h' >= h, w' >= w when thin images are padded
     original_size: tuple[int, int]  # (H, W) of the caller's image
-    input_size: tuple[int, int]  # (h, w) given to the backend
+    input_size: tuple[int, int]  # (h, w) of the image content given to the backend (top-left of the tensor)
 
     @property
     def scale_xy(self) -> tuple[float, float]:
@@ -164,31 +172,56 @@ class Prepared:
         (H, W), (h, w) = self.original_size, self.input_size
         return W / w, H / h
 
+    @property
+    def padded(self) -> bool:
+        return tuple(self.tensor.shape[2:]) != tuple(self.input_size)
 
-def prepare(image: np.ndarray, max_side: int | None = DEFAULT_MAX_SIDE) -> Prepared:
-    """uint8 [H,W,3] RGB -> float32 [1,3,h,w] in [0,1]; images longer than `max_side` are downscaled first."""
+
+def prepare(image: np.ndarray, max_side: int | None = DEFAULT_MAX_SIDE,
+            work_size: tuple[int, int] | None = None) -> Prepared:
+    """uint8 [H,W,3] RGB -> float32 [1,3,h,w] in [0,1].
+
+    Images longer than `max_side` are downscaled first. `work_size` = (min_size, max_size) of a model that resizes
+    internally (torchvision's rule): the image is downscaled to that working size here, so outputs that scale with
+    the input (Mask R-CNN's pasted masks) stay bounded by the model, not by the upload. Thinner than 1:MAX_ASPECT
+    is padded.
+    """
     H, W = image.shape[:2]
-    small = image
+    s = 1.0
     if max_side and max(H, W) > max_side:
         s = max_side / max(H, W)
+    if work_size:
+        s = min(s, work_size[0] / min(H, W), work_size[1] / max(H, W))
+    small = image
+    if s < 1.0:
         w, h = max(1, round(W * s)), max(1, round(H * s))
-        small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
-    chw = np.ascontiguousarray(small.transpose(2, 0, 1))[None]
-    tensor = np.divide(chw, np.float32(255.0), dtype=np.float32)
-    return Prepared(tensor=tensor, original_size=(H, W), input_size=(small.shape[0], small.shape[1]))
+        if (w, h) != (W, H):
+            small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    h, w = small.shape[:2]
+    ph, pw = max(h, -(-w // MAX_ASPECT)), max(w, -(-h // MAX_ASPECT))
+    tensor = np.zeros((1, 3, ph, pw), dtype=np.float32)
+    np.divide(small.transpose(2, 0, 1), np.float32(255.0), out=tensor[0, :, :h, :w], dtype=np.float32)
+    return Prepared(tensor=tensor, original_size=(H, W), input_size=(h, w))
 
 
 # -- outputs ------------------------------------------------------------------------------------------
 def postprocess(raw: dict[str, Any], prepared: Prepared, *, score_thresh: float = 0.0,
                 max_detections: int | None = None, masks: bool = True) -> dict[str, Any]:
     """Backend outputs (boxes xyxy / scores / labels / masks [N,1,h,w] probabilities, input coordinates) ->
-    {"boxes" float32 [N,4] original pixels, "scores" float32, "labels" int64, "masks" bool [N,H,W] or None},
-    sorted by score, filtered by `score_thresh`, at most `max_detections`."""
+    {"boxes" float32 [N,4] original pixels, "scores" float32, "labels" int64, "masks" BoxMasks (box-local bool
+    [N,H,W]) or None}, sorted by score, filtered by `score_thresh`, at most `max_detections`. Detections that lie
+    wholly in the padding of a thin image are dropped."""
+    from sfdeploy.masks import probs_to_box_masks
+
     boxes = np.asarray(raw["boxes"], dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(raw["scores"], dtype=np.float32).reshape(-1)
     labels = np.asarray(raw["labels"]).astype(np.int64).reshape(-1)
     probs = raw.get("masks")
-    keep = np.flatnonzero(scores >= score_thresh)
+    ok = scores >= score_thresh
+    if prepared.padded:
+        h, w = prepared.input_size
+        ok &= (boxes[:, 0] < w) & (boxes[:, 1] < h)
+    keep = np.flatnonzero(ok)
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     if max_detections is not None:
         keep = keep[: max(0, int(max_detections))]
@@ -201,7 +234,7 @@ def postprocess(raw: dict[str, Any], prepared: Prepared, *, score_thresh: float 
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, H)
     out_masks = None
     if masks and probs is not None:
-        out_masks = masks_to_original(np.asarray(probs)[keep], (H, W))
+        out_masks = probs_to_box_masks(np.asarray(probs)[keep], prepared.input_size, (H, W), MASK_THRESHOLD)
     return {"boxes": np.ascontiguousarray(boxes, dtype=np.float32), "scores": scores, "labels": labels,
             "masks": out_masks}
 

@@ -25,12 +25,28 @@ def _field(dets: Any, name: str) -> Any:
     return dets.get(name) if isinstance(dets, dict) else getattr(dets, name, None)
 
 
+def _mask_region(masks: Any, i: int, size: tuple[int, int]) -> tuple[Any, np.ndarray | None]:
+    """(slice of the image, bool mask over it) for mask i: a BoxMasks crop as is (no full-size copy), or a dense
+    [H,W] mask; (None, None) when it does not fit the image."""
+    crop, origins = getattr(masks, "crop", None), getattr(masks, "origins", None)
+    if callable(crop) and origins is not None:
+        if tuple(getattr(masks, "image_size", ())) != tuple(size):
+            return None, None
+        c = crop(i)
+        x0, y0 = (int(v) for v in origins[i])
+        return (slice(y0, y0 + c.shape[0]), slice(x0, x0 + c.shape[1])), c
+    m = np.asarray(masks[i]).astype(bool)
+    if m.shape != size:
+        return None, None
+    return (slice(None), slice(None)), m
+
+
 def draw_detections(image: np.ndarray, detections: Any, score_thresh: float = 0.0, *, mask_alpha: float = 0.45,
                     line_width: int | None = None, show_labels: bool = True) -> np.ndarray:
     """Render onto a copy of `image` (uint8 [H,W,3] RGB) and return it (same shape, uint8).
 
     `detections`: a serving.Detections or a dict with "boxes" [N,4] xyxy, "scores", "labels" (1..C), optional
-    "class_names" (one per detection) and "masks" (bool [N,H,W]).
+    "class_names" (one per detection) and "masks" (bool [N,H,W], or sfdeploy.masks.BoxMasks: drawn crop by crop).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -46,12 +62,12 @@ def draw_detections(image: np.ndarray, detections: Any, score_thresh: float = 0.
 
     out = image.astype(np.float32)
     if masks is not None and len(masks):
-        masks = np.asarray(masks)
         for i in keep:
-            m = masks[i].astype(bool)
-            if m.shape != (H, W):
+            region, m = _mask_region(masks, int(i), (H, W))
+            if m is None:
                 continue
-            out[m] = out[m] * (1.0 - mask_alpha) + np.array(class_colour(labels[i]), np.float32) * mask_alpha
+            view = out[region]
+            view[m] = view[m] * (1.0 - mask_alpha) + np.array(class_colour(labels[i]), np.float32) * mask_alpha
     canvas = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     lw = line_width or max(1, round(min(H, W) / 200))

