@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .errors import UserError, user_error_types
@@ -40,9 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_data_warnings(command: str) -> None:
+    """Data warnings are messages for the user, not for a developer: one line, no source location."""
+    plain = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if category.__name__ == "DataWarning":
+            return f"sfdeploy {command}: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _one_line_data_warnings(args.command)
     try:
         result = args.handler(args)
     except KeyboardInterrupt:
