@@ -8,10 +8,11 @@ cause (bad data, missing files, bad configs) are printed as one line and exit wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .errors import UserError, user_error_types
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_data_warnings(command: str) -> None:
+@contextlib.contextmanager
+def _one_line_data_warnings(command: str) -> Iterator[None]:
     """Data warnings are messages for the user, not for a developer: one line, no source location."""
     plain = warnings.formatwarning
 
@@ -51,12 +53,20 @@ def _one_line_data_warnings(command: str) -> None:
         return plain(message, category, filename, lineno, line)
 
     warnings.formatwarning = formatwarning  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = plain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _one_line_data_warnings(args.command)
+    with _one_line_data_warnings(args.command):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = args.handler(args)
     except KeyboardInterrupt:

@@ -119,6 +119,7 @@ class _Head:
         self._dataset = dataset
         self._n = min(int(n), len(dataset))
         self.class_names = dataset.class_names
+        self.category_ids = getattr(dataset, "category_ids", None)
         self.has_masks = dataset.has_masks
         self.source = f"{dataset.source} (first {self._n} images)"
 
@@ -150,11 +151,13 @@ def _rle_str(rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def detections_to_coco(output: dict[str, Any], image_id: int, input_size: tuple[int, int],
-                       image_size: tuple[int, int], with_masks: bool = False) -> list[dict[str, Any]]:
+                       image_size: tuple[int, int], with_masks: bool = False,
+                       category_ids: list[int] | None = None) -> list[dict[str, Any]]:
     """One image's model output -> COCO result dicts, boxes/masks rescaled from input_size to image_size (h, w).
 
-    `output` holds torch tensors or numpy arrays: boxes xyxy [N,4], scores [N], labels [N] (1..C = category id),
-    masks [N,1,h,w] (or [N,h,w]) probabilities when `with_masks`.
+    `output` holds torch tensors or numpy arrays: boxes xyxy [N,4], scores [N], labels [N] (1..C),
+    masks [N,1,h,w] (or [N,h,w]) probabilities when `with_masks`. The category id of label k is
+    `category_ids[k-1]` (the data's own ids), or k itself when `category_ids` is None.
     """
     boxes = np.asarray(_numpy(output["boxes"]), dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(_numpy(output["scores"]), dtype=np.float64).reshape(-1)
@@ -172,7 +175,9 @@ def detections_to_coco(output: dict[str, Any], image_id: int, input_size: tuple[
     results = []
     for k in range(len(boxes)):
         x0, y0, x1, y1 = boxes[k]
-        record = {"image_id": int(image_id), "category_id": int(labels[k]),
+        label = int(labels[k])
+        category_id = int(category_ids[label - 1]) if category_ids is not None else label
+        record = {"image_id": int(image_id), "category_id": category_id,
                   "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
                            round(float(y1 - y0), 2)],
                   "score": float(scores[k])}
@@ -230,8 +235,8 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
     """COCO metrics of `model` on `dataset` (a DetectionDataset; its transforms may resize the images).
 
     Returns {"bbox": {AP, AP50, AP75, APs, APm, APl, AR100}, "segm": {...} (mask models on data with masks),
-    "per_class": {"bbox": {class: AP}, "segm": {...}}, "images": N, "detections": N, "seconds": s,
-    "backend": name}. The model's train/eval mode is restored afterwards.
+    "per_class": {"bbox": {class: AP}, "segm": {...}}, "category_ids": {class: the data's category id},
+    "images": N, "detections": N, "seconds": s, "backend": name}. The model's train/eval mode is restored afterwards.
     """
     import torch
 
@@ -253,6 +258,7 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
     with_masks = model_masks and bool(getattr(dataset, "has_masks", False))
     if iou_types is None:
         iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    category_ids = getattr(dataset, "category_ids", None)  # results in the data's own ids, as to_coco_gt
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
@@ -267,7 +273,8 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
                 for image, output in zip(images, outputs):
                     ann = dataset.annotation(index)
                     results.extend(detections_to_coco(output, ann.image_id, tuple(image.shape[-2:]),
-                                                      (ann.height, ann.width), with_masks=with_masks))
+                                                      (ann.height, ann.width), with_masks=with_masks,
+                                                      category_ids=category_ids))
                     index += 1
     finally:
         net.train(was_training)
@@ -278,6 +285,7 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
         summary, per_class = coco_metrics(gt, rows, iou_type, backend=backend)
         metrics[iou_type] = summary
         metrics["per_class"][iou_type] = per_class
+    metrics["category_ids"] = {c["name"]: c["id"] for c in gt["categories"]}
     metrics.update(images=len(dataset), detections=len(results), seconds=round(time.perf_counter() - start, 3),
                    backend=backend)
     return metrics
@@ -303,6 +311,11 @@ def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val",
             f"{path} was trained on {cfg.num_classes} classes {cfg.class_names} but {dataset.source} has "
             f"{len(dataset.class_names)} {dataset.class_names}: evaluate on data with the same classes"
         )
+    data_ids = dataset.category_ids or list(range(1, len(dataset.class_names) + 1))
+    model_ids = [cfg.category_id(k) for k in range(1, cfg.num_classes + 1)]
+    if cfg.category_ids is not None and data_ids != model_ids:  # checkpoints from before category_ids: by position
+        raise DataError(f"{path} predicts category ids {model_ids} but {dataset.source} has {data_ids}: evaluate "
+                        "on data annotated with the same categories")
     if list(dataset.class_names) != list(cfg.class_names):
         print(f"warning: class names differ between the checkpoint {cfg.class_names} and the data "
               f"{dataset.class_names}; labels are matched by position", file=sys.stderr)

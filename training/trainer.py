@@ -266,7 +266,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     dataset = build_dataset(cfg.data, split=cfg.split, images_dir=cfg.images_dir, seed=cfg.seed,
                             transforms=transforms, with_masks=cfg.model.has_masks)
     if ckpt is None:
-        cfg.model = cfg.model.replace(class_names=list(dataset.class_names))
+        cfg.model = cfg.model.replace(class_names=list(dataset.class_names), category_ids=dataset.category_ids)
     elif list(dataset.class_names) != list(cfg.model.class_names):
         raise CheckpointError(f"cannot resume: the data's classes {dataset.class_names} differ from the "
                               f"checkpoint's {cfg.model.class_names}")

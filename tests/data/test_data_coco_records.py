@@ -120,3 +120,44 @@ def test_train_prints_each_data_warning_once(tmp_path: Path, make_coco, coco_dat
     lines = [line for line in proc.stderr.splitlines() if "unknown image ids" in line]
     assert lines == ["sfdeploy train: warning: coco.json: dropped 1 annotations of unknown image ids (e.g. 999); "
                      "1 images have no annotations (kept as background images) (e.g. c.png)"], proc.stderr[-2000:]
+
+
+# -- label-tool quirks: handled, and reported in the one warning line --------------------------------------------
+def test_roboflow_placeholder_category_gets_no_class(tmp_path: Path, make_coco, coco_data) -> None:
+    coco_data["categories"] = [{"id": 0, "name": "pets", "supercategory": "none"},
+                               {"id": 3, "name": "cat", "supercategory": "pets"},
+                               {"id": 7, "name": "dog", "supercategory": "pets"}]
+    with pytest.warns(Warning, match=r"gave no class to 1 placeholder categories without annotations "
+                                     r"\(e\.g\. id 0 'pets'\)"):
+        ds = CocoDataset(make_coco(tmp_path, coco_data))
+    assert ds.class_names == ["cat", "dog"] and ds.category_ids == [3, 7]
+
+
+def test_supercategory_placeholder_with_nonzero_id(tmp_path: Path, make_coco, coco_data) -> None:
+    coco_data["categories"].append({"id": 1, "name": "animals", "supercategory": "none"})
+    for c in coco_data["categories"][:2]:
+        c["supercategory"] = "animals"
+    with pytest.warns(Warning, match="placeholder"):
+        ds = CocoDataset(make_coco(tmp_path, coco_data))
+    assert ds.category_ids == [3, 7]
+
+
+def test_unused_real_category_keeps_its_slot(tmp_path: Path, make_coco, coco_data) -> None:
+    coco_data["categories"].append({"id": 12, "name": "bird"})  # no boxes yet, but not a placeholder
+    ds = CocoDataset(make_coco(tmp_path, coco_data))
+    assert ds.class_names == ["cat", "dog", "bird"] and ds.category_ids == [3, 7, 12]
+
+
+def test_duplicate_image_id_keeps_the_first_entry(tmp_path: Path, make_coco, coco_data) -> None:
+    coco_data["images"].append({"id": 11, "file_name": "c.png", "width": 32, "height": 32})
+    with pytest.warns(Warning, match=r"ignored 1 image entries whose id repeats an earlier one .*\(e\.g\. id 11, "
+                                     r"c\.png\)"):
+        ds = CocoDataset(make_coco(tmp_path, coco_data))
+    assert [ds.annotation(i).image_id for i in range(len(ds))] == [11, 12, 13]
+    assert len(ds.annotation(0).boxes) == 2
+
+
+def test_images_without_annotations_are_counted_as_background(tmp_path: Path, make_coco, coco_data) -> None:
+    with pytest.warns(Warning, match=r"1 images have no annotations \(kept as background images\) \(e\.g\. c\.png\)"):
+        ds = CocoDataset(make_coco(tmp_path, coco_data))
+    assert len(ds) == 3 and len(ds.annotation(2).boxes) == 0
