@@ -73,6 +73,14 @@ def _register_train(sub: Any) -> None:
     d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root")
     d.add_argument("--val-data", help="evaluate on this data (bbox AP) at --eval-every and at the end; keeps best.pt")
     d.add_argument("--images", dest="images_dir", help="image folder for a COCO JSON")
+    d.add_argument("--val-images", dest="val_images_dir", metavar="DIR",
+                   help="image folder of a COCO --val-data (e.g. val2017/ next to train2017/; default: --images)")
+    d.add_argument("--val-fraction", type=float, metavar="F",
+                   help="no separate validation set: hold out this fraction of --data (e.g. 0.2) for validation; "
+                        "which images depends only on --split-seed and the file names")
+    d.add_argument("--split-seed", type=int, metavar="N",
+                   help="seed of the --val-fraction holdout (default 0; independent of --seed, so runs with "
+                        "different seeds validate on the same images)")
     d.add_argument("--split", help="training split (VOC / synthetic), default train")
     d.add_argument("--val-split", help="validation split, default val")
     d.add_argument("--workers", type=int, help="DataLoader workers")
@@ -112,7 +120,8 @@ MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", 
                "mask_positives_per_image": "mask_positives_per_image"}
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
                "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "seed", "device", "amp", "eval_every",
-               "checkpoint_every", "log_every", "divergence_factor", "plots")
+               "checkpoint_every", "log_every", "divergence_factor", "plots", "val_images_dir", "val_fraction",
+               "split_seed")
 
 
 def _parse_priors(items: list[str] | None) -> dict[str, float]:

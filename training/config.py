@@ -55,6 +55,10 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     prior_cache_dir: str | None = None  # None: estimate_priors' default cache
     plots: bool = True  # loss-dynamics PNGs at the end of the run
+    # --- data path (issue 14) ---
+    val_images_dir: str | None = None  # image folder of a COCO --val-data (COCO-2017 layout); None: images_dir
+    val_fraction: float | None = None  # hold out this fraction of `data` as validation set (when no val_data)
+    split_seed: int = 0  # which images val_fraction holds out; apart from `seed` so seeds share one holdout
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -95,6 +99,16 @@ class TrainConfig:
             raise ConfigError("workers must be >= 0")
         if self.seed < 0:
             raise ConfigError("seed must be >= 0")
+        if self.val_fraction is not None:
+            if not 0.0 < self.val_fraction < 1.0:
+                raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            if self.val_data:
+                raise ConfigError("give either val_data (a separate validation set) or val_fraction (a holdout "
+                                  "of the training data), not both")
+        if self.val_images_dir is not None and not self.val_data:
+            raise ConfigError("val_images_dir is the image folder of val_data: give val_data too")
+        if self.split_seed < 0:
+            raise ConfigError("split_seed must be >= 0")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -293,8 +293,10 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
 
 def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val", images_dir: str | None = None,
                         seed: int = 0, device: str = "cpu", batch_size: int = 2, progress: bool = True,
-                        max_images: int | None = None, backend: str = "auto", workers: int = 0) -> dict[str, Any]:
-    """Load a checkpoint and evaluate it on DATA (`synthetic[:N]`, a COCO JSON or a VOC root; see DATA_HELP).
+                        max_images: int | None = None, backend: str = "auto", workers: int = 0,
+                        val_fraction: float | None = None, split_seed: int = 0) -> dict[str, Any]:
+    """Load a checkpoint and evaluate it on DATA (`synthetic[:N]`, a COCO JSON or a VOC root; see DATA_HELP), or
+    with `val_fraction` on the images of DATA that `train --val-fraction F --split-seed N` held out.
 
     Images go to the model at their original size: the model resizes inside (`model.transform`), so no
     transform is needed here. Adds "checkpoint" (path, detector, method, backbone, step) to the result.
@@ -306,6 +308,10 @@ def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val",
     model, ckpt = load_model(path, device)
     cfg = ckpt.config
     dataset = build_dataset(data_spec, split=split, images_dir=images_dir, seed=seed, with_masks=cfg.has_masks)
+    if val_fraction is not None:
+        from sfdeploy.data.split import holdout_split
+
+        dataset = holdout_split(dataset, val_fraction, split_seed)[1]
     if len(dataset.class_names) != cfg.num_classes:
         raise DataError(
             f"{path} was trained on {cfg.num_classes} classes {cfg.class_names} but {dataset.source} has "

@@ -22,6 +22,9 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--split", default="val", help="split of synthetic/VOC data (default: val)")
     p.add_argument("--images", dest="images_dir", metavar="DIR", help="image folder of a COCO JSON (default: next to it)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic data (default: 0)")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="evaluate only the images `train --val-fraction F` held out of DATA")
+    p.add_argument("--split-seed", type=int, default=0, metavar="N", help="the --split-seed of that run (default: 0)")
     p.add_argument("--batch-size", type=_positive, default=2, metavar="N", help="images per forward pass (default: 2)")
     p.add_argument("--max-images", type=_positive, default=None, metavar="N", help="evaluate the first N images only")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
@@ -52,6 +55,7 @@ def run_eval(args: argparse.Namespace) -> int:
             args.checkpoint, args.data, split=args.split, images_dir=args.images_dir, seed=args.seed,
             device=args.device, batch_size=args.batch_size, progress=args.progress and sys.stderr.isatty(),
             max_images=args.max_images, backend=args.backend, workers=args.workers,
+            val_fraction=args.val_fraction, split_seed=args.split_seed,
         )
     except EvaluationError as exc:
         from sfdeploy.errors import UserError

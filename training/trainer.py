@@ -29,13 +29,15 @@ import torch
 
 from sfdeploy.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from sfdeploy.config import ConfigError
-from sfdeploy.data import build_dataset, collate, train_transforms
+from sfdeploy.data import collate, train_transforms
 from sfdeploy.models import build_model
 from sfdeploy.models.builder import resolved_prior
 from sfdeploy.sampling_free import GuidedLossScaling
 
 from . import distributed as D
 from .config import TrainConfig
+from .data import train_dataset
+from .data import val_dataset as open_val_dataset
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 
@@ -212,7 +214,7 @@ def _estimate_priors(cfg: TrainConfig, progress: bool, say: _Say) -> dict[str, f
         pi = resolved_prior(cfg.model)
         say(f"warning: prior estimation is not available here; using the fixed prior {head}={pi:.3g}")
         return {head: pi}
-    raw = build_dataset(cfg.data, split=cfg.split, images_dir=cfg.images_dir, seed=cfg.seed, with_masks=False)
+    raw = train_dataset(cfg, with_masks=False)
     result = estimate_priors(cfg.model, raw, cache_dir=cfg.prior_cache_dir, progress=progress)
     pis = {k: float(v) for k, v in result.pi.items()}
     detail = ", ".join(f"{k}={v:.3g} (fg {result.fg.get(k, '?')}, bg {result.bg.get(k, '?')})" for k, v in pis.items())
@@ -263,17 +265,16 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
 
     # -- data ----------------------------------------------------------------------------------------------------
     transforms = train_transforms(cfg.model.min_size, cfg.model.max_size, flip=cfg.hflip, scale_jitter=cfg.scale_jitter)
-    dataset = build_dataset(cfg.data, split=cfg.split, images_dir=cfg.images_dir, seed=cfg.seed,
-                            transforms=transforms, with_masks=cfg.model.has_masks)
+    dataset = train_dataset(cfg, transforms=transforms, with_masks=cfg.model.has_masks)
     if ckpt is None:
         cfg.model = cfg.model.replace(class_names=list(dataset.class_names), category_ids=dataset.category_ids)
     elif list(dataset.class_names) != list(cfg.model.class_names):
         raise CheckpointError(f"cannot resume: the data's classes {dataset.class_names} differ from the "
                               f"checkpoint's {cfg.model.class_names}")
     val_dataset = None
-    if cfg.val_data and main:
-        val_dataset = build_dataset(cfg.val_data, split=cfg.val_split, images_dir=cfg.images_dir, seed=cfg.seed,
-                                    transforms=None, with_masks=cfg.model.has_masks)
+    if main:
+        val_dataset = open_val_dataset(cfg, with_masks=cfg.model.has_masks)
+    if val_dataset is not None:
         if list(val_dataset.class_names) != list(cfg.model.class_names):
             raise ConfigError(f"--val-data classes {val_dataset.class_names} differ from the training data's "
                               f"{cfg.model.class_names}")
