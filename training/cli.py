@@ -54,6 +54,11 @@ def _register_train(sub: Any) -> None:
     m.add_argument("--method", choices=("baseline", "ce", "sampling_free"), help="training method")
     m.add_argument("--backbone", help="resnet18|resnet34|resnet50|mobilenet_v3_large|efficientnet_lite0")
     m.add_argument("--backbone-weights", help="'imagenet' (offline, where available) or a state-dict path")
+    m.add_argument("--weights", metavar="SOURCE",
+                   help="start from pretrained detection weights: a torchvision weights name (e.g. "
+                        "FasterRCNN_ResNet50_FPN_Weights.COCO_V1 or fcos_resnet50_fpn; downloaded once), a local .pth "
+                        "state dict, or an sfdeploy checkpoint; what fits is loaded, class layers are re-initialised "
+                        "(list in OUT/weights.json)")
     m.add_argument("--trainable-backbone-layers", type=int)
     m.add_argument("--fpn-channels", type=int)
     m.add_argument("--image-size", type=int, help="resize images to this size (min = max side)")
@@ -121,7 +126,7 @@ MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", 
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
                "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "seed", "device", "amp", "eval_every",
                "checkpoint_every", "log_every", "divergence_factor", "plots", "val_images_dir", "val_fraction",
-               "split_seed")
+               "split_seed", "weights")
 
 
 def _parse_priors(items: list[str] | None) -> dict[str, float]:

@@ -59,6 +59,8 @@ class TrainConfig:
     val_images_dir: str | None = None  # image folder of a COCO --val-data (COCO-2017 layout); None: images_dir
     val_fraction: float | None = None  # hold out this fraction of `data` as validation set (when no val_data)
     split_seed: int = 0  # which images val_fraction holds out; apart from `seed` so seeds share one holdout
+    # pretrained detection weights: a torchvision weights name, a .pth state dict or an sfdeploy checkpoint
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):

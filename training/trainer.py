@@ -39,6 +39,7 @@ from .config import TrainConfig
 from .data import train_dataset
 from .data import val_dataset as open_val_dataset
 from .metrics_log import MetricsLogger
+from .weights import apply_weights
 from .optim import build_optimizer, build_scheduler
 
 OUTCOMES = ("completed", "diverged", "interrupted")
@@ -296,7 +297,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
 
     # -- model, optimiser, schedule --------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, load_backbone_weights=ckpt is None).to(device)
+    model = build_model(cfg.model, load_backbone_weights=ckpt is None)
+    if ckpt is None and cfg.weights:
+        apply_weights(model, cfg, out, say, main, progress)
+    model = model.to(device)
     model.train()
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, total_steps, cfg)
