@@ -138,3 +138,29 @@ def test_train_cli_fine_tunes_a_checkpoint_on_new_classes(tmp_path: Path, capsys
     record = json.loads((out / "weights.json").read_text())
     assert record["kind"] == "sfdeploy" and set(record["skipped"]) == {
         "head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias"}
+
+
+# -- --backbone-weights imagenet for torchvision backbones: torchvision's weights API, never downloaded here ------
+def test_backbone_imagenet_uses_torchvision_weights_api(tmp_path: Path) -> None:
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from sfdeploy.models.backbones import build_fpn_backbone
+
+    torch.manual_seed(3)
+    local = resnet18(weights=None).state_dict()  # what the weights API would return, built here
+    with mock.patch.object(ResNet18_Weights, "get_state_dict", return_value=local) as api:
+        backbone = build_fpn_backbone("resnet18", two_stage=False, fpn_channels=32, weights="imagenet")
+    assert api.called
+    body = backbone.body
+    torch.testing.assert_close(body.layer4[1].conv2.weight, local["layer4.1.conv2.weight"])
+
+
+def test_backbone_imagenet_offline_says_what_to_do() -> None:
+    from torchvision.models import ResNet18_Weights
+
+    from sfdeploy.models.backbones import BackboneError, build_fpn_backbone
+
+    offline = urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    with mock.patch.object(ResNet18_Weights, "get_state_dict", side_effect=offline):
+        with pytest.raises(BackboneError, match=r"resnet18 from https://.*Offline\? .*--backbone-weights FILE\.pth"):
+            build_fpn_backbone("resnet18", two_stage=False, fpn_channels=32, weights="imagenet")
