@@ -90,6 +90,10 @@ def _register_train(sub: Any) -> None:
     d.add_argument("--val-split", help="validation split, default val")
     d.add_argument("--workers", type=int, help="DataLoader workers")
     d.add_argument("--no-hflip", dest="hflip", action="store_const", const=False, default=None)
+    d.add_argument("--augment", choices=("none", "flip", "default", "strong"),
+                   help="augmentation preset (torchvision.transforms.v2): none, flip, default (+ IoU-safe crop), "
+                        "strong (+ photometric distortion and zoom-out, SSD's recipe); the same for every method and "
+                        "recorded in OUT/config.yaml (default: the earlier flip pipeline, --no-hflip to disable)")
 
     t = p.add_argument_group("schedule")
     t.add_argument("--out", help="output folder")
@@ -126,7 +130,7 @@ MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", 
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
                "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "seed", "device", "amp", "eval_every",
                "checkpoint_every", "log_every", "divergence_factor", "plots", "val_images_dir", "val_fraction",
-               "split_seed", "weights")
+               "split_seed", "weights", "augment")
 
 
 def _parse_priors(items: list[str] | None) -> dict[str, float]:

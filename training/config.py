@@ -61,6 +61,9 @@ class TrainConfig:
     split_seed: int = 0  # which images val_fraction holds out; apart from `seed` so seeds share one holdout
     # pretrained detection weights: a torchvision weights name, a .pth state dict or an sfdeploy checkpoint
     weights: str | None = None
+    # augmentation preset none|flip|default|strong (torchvision.transforms.v2, sfdeploy.data.augment); None: the
+    # earlier hand-written pipeline from hflip/scale_jitter, so older configs train exactly as before
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -109,6 +112,14 @@ class TrainConfig:
                                   "of the training data), not both")
         if self.val_images_dir is not None and not self.val_data:
             raise ConfigError("val_images_dir is the image folder of val_data: give val_data too")
+        if self.augment is not None:
+            from sfdeploy.data.augment import PRESETS
+
+            if self.augment not in PRESETS:
+                raise ConfigError(f"unknown augment preset {self.augment!r}: choose one of {', '.join(PRESETS)}")
+            if self.scale_jitter is not None or not self.hflip:
+                raise ConfigError("augment presets replace hflip/scale_jitter: give one or the other (augment: none "
+                                  "is no flip)")
         if self.split_seed < 0:
             raise ConfigError("split_seed must be >= 0")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):

@@ -4,7 +4,7 @@ set prior estimation reads (the training images only, so held-out boxes do not l
 
 from __future__ import annotations
 
-from sfdeploy.data import DetectionDataset, build_dataset
+from sfdeploy.data import DetectionDataset, build_dataset, train_transforms
 from sfdeploy.data.base import Transform
 from sfdeploy.data.split import SubsetDataset, holdout_split
 
@@ -35,3 +35,13 @@ def val_dataset(cfg: TrainConfig, *, with_masks: bool | None = None) -> Detectio
         return None
     return build_dataset(cfg.val_data, split=cfg.val_split, images_dir=cfg.val_images_dir or cfg.images_dir,
                          seed=cfg.seed, transforms=None, with_masks=with_masks)
+
+
+def train_transforms_for(cfg: TrainConfig) -> Transform:
+    """The run's training augmentation: its ``augment`` preset, or the hand-written flip/scale-jitter pipeline."""
+    size = (cfg.model.min_size, cfg.model.max_size)
+    if cfg.augment is None:
+        return train_transforms(*size, flip=cfg.hflip, scale_jitter=cfg.scale_jitter)
+    from sfdeploy.data.augment import preset_transforms
+
+    return preset_transforms(cfg.augment, *size)

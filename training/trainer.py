@@ -29,14 +29,14 @@ import torch
 
 from sfdeploy.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from sfdeploy.config import ConfigError
-from sfdeploy.data import collate, train_transforms
+from sfdeploy.data import collate
 from sfdeploy.models import build_model
 from sfdeploy.models.builder import resolved_prior
 from sfdeploy.sampling_free import GuidedLossScaling
 
 from . import distributed as D
 from .config import TrainConfig
-from .data import train_dataset
+from .data import train_dataset, train_transforms_for
 from .data import val_dataset as open_val_dataset
 from .metrics_log import MetricsLogger
 from .weights import apply_weights
@@ -265,7 +265,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     torch.manual_seed(cfg.seed)
 
     # -- data ----------------------------------------------------------------------------------------------------
-    transforms = train_transforms(cfg.model.min_size, cfg.model.max_size, flip=cfg.hflip, scale_jitter=cfg.scale_jitter)
+    transforms = train_transforms_for(cfg)
     dataset = train_dataset(cfg, transforms=transforms, with_masks=cfg.model.has_masks)
     if ckpt is None:
         cfg.model = cfg.model.replace(class_names=list(dataset.class_names), category_ids=dataset.category_ids)
