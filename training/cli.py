@@ -75,7 +75,7 @@ def _register_train(sub: Any) -> None:
     _bool_pair(m, "guided-scaling", "guided loss scaling (default: on for sampling_free)")
 
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root")
+    d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root | YOLO data.yaml")
     d.add_argument("--val-data", help="evaluate on this data (bbox AP) at --eval-every and at the end; keeps best.pt")
     d.add_argument("--images", dest="images_dir", help="image folder for a COCO JSON")
     d.add_argument("--val-images", dest="val_images_dir", metavar="DIR",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 _DATA_HELP = ("'synthetic', 'synthetic:N' (N generated images), a COCO instances JSON file, "
-              "or a PASCAL VOC root")
+              "a PASCAL VOC root or a YOLO data.yaml")
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
