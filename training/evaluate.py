@@ -231,8 +231,9 @@ def _progress(iterable: Iterable, total: int, enabled: bool, desc: str) -> Itera
 
 def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2, progress: bool = True,
              max_images: int | None = None, backend: str = "auto", workers: int = 0,
-             iou_types: tuple[str, ...] | None = None) -> dict[str, Any]:
+             iou_types: tuple[str, ...] | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO metrics of `model` on `dataset` (a DetectionDataset; its transforms may resize the images).
+    A `details` dict, when given, receives the COCO ground truth ("gt") and results ("results") for plots.
 
     Returns {"bbox": {AP, AP50, AP75, APs, APm, APl, AR100}, "segm": {...} (mask models on data with masks),
     "per_class": {"bbox": {class: AP}, "segm": {...}}, "category_ids": {class: the data's category id},
@@ -286,6 +287,8 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
         metrics[iou_type] = summary
         metrics["per_class"][iou_type] = per_class
     metrics["category_ids"] = {c["name"]: c["id"] for c in gt["categories"]}
+    if details is not None:
+        details.update(gt=gt, results=results)
     metrics.update(images=len(dataset), detections=len(results), seconds=round(time.perf_counter() - start, 3),
                    backend=backend)
     return metrics
@@ -294,7 +297,8 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
 def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val", images_dir: str | None = None,
                         seed: int = 0, device: str = "cpu", batch_size: int = 2, progress: bool = True,
                         max_images: int | None = None, backend: str = "auto", workers: int = 0,
-                        val_fraction: float | None = None, split_seed: int = 0) -> dict[str, Any]:
+                        val_fraction: float | None = None, split_seed: int = 0,
+                        details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load a checkpoint and evaluate it on DATA (`synthetic[:N]`, a COCO JSON or a VOC root; see DATA_HELP), or
     with `val_fraction` on the images of DATA that `train --val-fraction F --split-seed N` held out.
 
@@ -326,7 +330,7 @@ def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val",
         print(f"warning: class names differ between the checkpoint {cfg.class_names} and the data "
               f"{dataset.class_names}; labels are matched by position", file=sys.stderr)
     metrics = evaluate(model, dataset, device=device, batch_size=batch_size, progress=progress,
-                       max_images=max_images, backend=backend, workers=workers)
+                       max_images=max_images, backend=backend, workers=workers, details=details)
     metrics["checkpoint"] = {"path": str(path), "detector": cfg.detector, "method": cfg.method,
                              "backbone": cfg.backbone, "step": ckpt.meta.get("step"),
                              "score_thresh": cfg.effective_score_thresh}

@@ -32,6 +32,8 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--backend", choices=("auto", "faster_coco_eval", "pycocotools"), default="auto",
                    help="COCO evaluation package (default: faster-coco-eval when installed)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+    p.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json, DIR/ap.md (per-class AP, markdown), "
+                                                "DIR/pr_bbox.png (+ pr_segm.png) and DIR/confusion_matrix.png")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(handler=run_eval)
     return p
@@ -50,13 +52,18 @@ def _positive(text: str) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvaluationError, evaluate_checkpoint, format_metrics, metrics_json
 
+    details: dict = {}
     try:
         metrics = evaluate_checkpoint(
             args.checkpoint, args.data, split=args.split, images_dir=args.images_dir, seed=args.seed,
             device=args.device, batch_size=args.batch_size, progress=args.progress and sys.stderr.isatty(),
             max_images=args.max_images, backend=args.backend, workers=args.workers,
-            val_fraction=args.val_fraction, split_seed=args.split_seed,
+            val_fraction=args.val_fraction, split_seed=args.split_seed, details=details,
         )
+        if args.out:
+            from .eval_report import write_eval_report
+
+            write_eval_report(args.out, metrics, details, backend=args.backend)
     except EvaluationError as exc:
         from sfdeploy.errors import UserError
 
@@ -66,6 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{ck.get('path')}: {ck.get('detector')}/{ck.get('method')}/{ck.get('backbone')}{step} "
           f"on {metrics['data']['source']}", file=sys.stderr)
     print(format_metrics(metrics, style="plain"), file=sys.stderr)
+    if args.out:
+        print(f"report: {', '.join(sorted(metrics['files'].values()))}", file=sys.stderr)
     if args.json:
         print(metrics_json(metrics))
     return 0
