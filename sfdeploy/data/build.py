@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .base import DetectionDataset, Transform
 from .coco import CocoDataset
+from .dataset_yaml import coco_split
 from .errors import DataError
 from .synthetic import SyntheticDataset
 from .voc import VocDataset, is_voc_root
@@ -14,7 +15,8 @@ from .yolo import YoloDataset, is_yolo_yaml
 DEFAULT_SYNTHETIC_IMAGES = 200
 DATA_HELP = ("DATA may be 'synthetic', 'synthetic:N' (N generated images), a COCO instances JSON file, "
              "a PASCAL VOC root (with Annotations/, JPEGImages/, ImageSets/Main/<split>.txt), "
-             "or a YOLO data.yaml (train/val image folders, names; labels/*.txt next to images/)")
+             "a YOLO data.yaml (train/val image folders, names; labels/*.txt next to images/), "
+             "or a dataset YAML naming COCO files per split (train: {annotations: X.json, images: DIR})")
 
 
 def build_dataset(spec: str, *, split: str = "train", images_dir: str | None = None, seed: int = 0,
@@ -35,6 +37,9 @@ def build_dataset(spec: str, *, split: str = "train", images_dir: str | None = N
     if path.is_file() and path.suffix.lower() == ".json":
         return CocoDataset(path, images_dir=images_dir, transforms=transforms, with_masks=with_masks)
     if is_yolo_yaml(path):
+        coco = coco_split(path, split)
+        if coco is not None:  # a dataset YAML naming COCO files per split; --images still wins
+            return CocoDataset(coco[0], images_dir=images_dir or coco[1], transforms=transforms, with_masks=with_masks)
         return YoloDataset(path, split=split, transforms=transforms, with_masks=with_masks)
     if path.is_dir() and is_voc_root(path):
         return VocDataset(path, split=split, images_dir=images_dir, transforms=transforms, with_masks=with_masks)

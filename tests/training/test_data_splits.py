@@ -90,7 +90,8 @@ def test_holdout_subsets_keep_samples_and_transforms_apart() -> None:
     assert flips == [1]  # held-out images are never augmented
 
 
-def test_train_val_fraction_holds_out_images_from_training_and_priors(tmp_path: Path, capsys) -> None:
+def test_train_val_fraction_holds_out_images_from_training_and_priors(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SFDEPLOY_CACHE_DIR", str(tmp_path / "cache"))  # a fresh prior estimate, not a cached one
     data = write_coco(tmp_path / "d" / "all.json", tmp_path / "d", [f"img{i}.png" for i in range(8)])
     out = tmp_path / "run"
     rc = main(["train", *TINY, "--data", str(data), "--val-fraction", "0.25", "--split-seed", "4", "--out", str(out)])
@@ -130,3 +131,25 @@ def test_conflicting_split_options_are_user_errors(tmp_path: Path, capsys) -> No
     assert rc == 2 and "either val_data" in capsys.readouterr().err
     rc = main(["train", *TINY, "--data", "synthetic:4", "--val-fraction", "1.5", "--out", str(tmp_path / "o")])
     assert rc == 2 and "val_fraction must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_one_dataset_yaml_names_both_coco_splits(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "coco"
+    write_coco(root / "annotations" / "instances_train2017.json", root / "train2017", ["t0.png", "t1.png"])
+    write_coco(root / "annotations" / "instances_val2017.json", root / "val2017", ["v0.png", "v1.png", "v2.png"])
+    spec = tmp_path / "coco.yaml"
+    spec.write_text(yaml.safe_dump({
+        "path": "coco",
+        "train": {"annotations": "annotations/instances_train2017.json", "images": "train2017"},
+        "val": {"annotations": "annotations/instances_val2017.json", "images": "val2017"}}))
+    from sfdeploy.data import DataError, build_dataset
+
+    assert len(build_dataset(str(spec))) == 2 and len(build_dataset(str(spec), split="val")) == 3
+    assert build_dataset(str(spec)).category_ids == [5, 9]
+    with pytest.raises(DataError, match=r"no 'test' split with an 'annotations' file \(it has train, val\)"):
+        build_dataset(str(spec), split="test")
+    out = tmp_path / "run"
+    rc = main(["train", *TINY, "--data", str(spec), "--val-data", str(spec), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "eval"]
+    assert evals[-1]["metrics"]["images"] == 3
