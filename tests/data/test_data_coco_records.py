@@ -161,3 +161,9 @@ def test_images_without_annotations_are_counted_as_background(tmp_path: Path, ma
     with pytest.warns(Warning, match=r"1 images have no annotations \(kept as background images\) \(e\.g\. c\.png\)"):
         ds = CocoDataset(make_coco(tmp_path, coco_data))
     assert len(ds) == 3 and len(ds.annotation(2).boxes) == 0
+
+
+def test_two_categories_with_one_name_stay_two_classes(tmp_path: Path, make_coco, coco_data) -> None:
+    coco_data["categories"][1]["name"] = "dog"  # ids 7 and 3 both called "dog" (CVAT exports allow it)
+    ds = CocoDataset(make_coco(tmp_path, coco_data))
+    assert ds.class_names == ["dog (3)", "dog (7)"] and ds.category_ids == [3, 7]
