@@ -173,7 +173,7 @@ def predict_command(args: argparse.Namespace) -> int:
             atomic_write_text(out, json.dumps(results))
             index = out.with_name(out.stem + ".images.json")
             atomic_write_text(index, json.dumps({"artefact": str(args.artefact), "backend": predictor.backend,
-                                                  "categories": [{"id": i + 1, "name": n}
+                                                  "categories": [{"id": predictor.config.category_id(i + 1), "name": n}
                                                                  for i, n in enumerate(predictor.class_names)],
                                                   "images": images, "skipped": skipped}, indent=1))
             print(f"sfdeploy predict: {len(results)} detections in {len(images)} images -> {out} "

@@ -35,6 +35,11 @@ class Detections:
     masks: BoxMasks | None  # array-like bool [N,H,W] (box-local storage) or None
     image_size: tuple[int, int]  # (H, W)
     _rle: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+    # per detection: the training data's own category id (e.g. COCO's 3, 7, 12); None: the label is the id
+    category_ids: list[int] | None = None
+
+    def category_id(self, i: int) -> int:
+        return int(self.labels[i]) if self.category_ids is None else int(self.category_ids[i])
 
     def __post_init__(self) -> None:
         if self.masks is not None and not isinstance(self.masks, BoxMasks):
@@ -52,7 +57,8 @@ class Detections:
         return self._rle
 
     def to_dict(self, masks: bool = True) -> dict[str, Any]:
-        """JSON-ready: {"image_size": [H,W], "detections": [{"box", "score", "label", "class_name", "mask"?}]}."""
+        """JSON-ready: {"image_size": [H,W], "detections": [{"box", "score", "label", "class_name", "category_id",
+        "mask"?}]}."""
         rles = self.rle() if masks and self.masks is not None else None
         items = []
         for i in range(len(self)):
@@ -61,6 +67,7 @@ class Detections:
                 "score": float(self.scores[i]),
                 "label": int(self.labels[i]),
                 "class_name": self.class_names[i],
+                "category_id": self.category_id(i),
             }
             if rles is not None:
                 item["mask"] = rles[i]
@@ -68,12 +75,13 @@ class Detections:
         return {"image_size": [int(self.image_size[0]), int(self.image_size[1])], "detections": items}
 
     def to_coco_results(self, image_id: int, masks: bool = True) -> list[dict[str, Any]]:
-        """COCO results records (category_id == label, bbox xywh, score, segmentation RLE when masks exist)."""
+        """COCO results records (the training data's category_id, bbox xywh, score, segmentation RLE when masks
+        exist), so they score against the user's own annotation file."""
         xywh = processing.xyxy_to_xywh(self.boxes)
         rles = self.rle() if masks and self.masks is not None else None
         out = []
         for i in range(len(self)):
-            rec: dict[str, Any] = {"image_id": int(image_id), "category_id": int(self.labels[i]),
+            rec: dict[str, Any] = {"image_id": int(image_id), "category_id": self.category_id(i),
                                    "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(self.scores[i])}
             if rles is not None:
                 rec["segmentation"] = rles[i]
@@ -185,8 +193,11 @@ class Predictor:
                                      masks=masks and self.config.has_masks)
         names = self.class_names
         cls = [names[int(k) - 1] if 1 <= int(k) <= len(names) else str(int(k)) for k in out["labels"]]
+        ids = None
+        if self.config.category_ids is not None:
+            ids = [self.config.category_id(int(k)) if 1 <= int(k) <= len(names) else int(k) for k in out["labels"]]
         return Detections(boxes=out["boxes"], scores=out["scores"], labels=out["labels"], class_names=cls,
-                          masks=out["masks"], image_size=prepared.original_size)
+                          masks=out["masks"], image_size=prepared.original_size, category_ids=ids)
 
     def _predict_one(self, image: Any, score_thresh: float | None, max_detections: int | None,
                      masks: bool) -> Detections:
@@ -205,7 +216,7 @@ class Predictor:
         return {
             "detector": cfg.detector, "method": cfg.method, "backbone": cfg.backbone, "backend": self.backend,
             "device": self.device, "source": Path(self.source).name, "class_names": self.class_names,
-            "score_thresh": self.score_thresh, "nms_thresh": cfg.nms_thresh,
+            "category_ids": self.config.category_ids, "score_thresh": self.score_thresh, "nms_thresh": cfg.nms_thresh,
             "detections_per_img": cfg.detections_per_img, "has_masks": cfg.has_masks,
             "min_size": cfg.min_size, "max_size": cfg.max_size, "metrics": self.metrics,
             "step": meta.get("step"), "exporter": self.metadata.get("exporter"),
@@ -239,6 +250,7 @@ def build_metadata_props(config: ModelConfig, meta: dict[str, Any] | None, *, ex
                                       "color": "RGB", "batch": batch}),
         "sfdeploy.outputs": json.dumps(outputs),
         "class_names": json.dumps(list(config.class_names)),
+        "category_ids": json.dumps([config.category_id(k) for k in range(1, config.num_classes + 1)]),
         "detector": config.detector,
         "method": config.method,
         "score_thresh": json.dumps(config.effective_score_thresh),

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 
 from .errors import UserError, user_error_types
@@ -63,9 +64,31 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _one_line_data_warnings(command: str) -> Iterator[None]:
+    """Data warnings are messages for the user, not for a developer: one line, no source location."""
+    plain = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if category.__name__ == "DataWarning":
+            return f"sfdeploy {command}: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.formatwarning = plain
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _one_line_data_warnings(args.command):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         with _sigterm_as_interrupt():
             result = args.handler(args)

@@ -74,6 +74,9 @@ class ModelConfig:
     # RPN anchors reaching more than this many px outside the image are ignored by the RPN loss (every method).
     # None: torchvision (all anchors labelled); 0: the authors' protocol (maskrcnn-benchmark's straddle_thresh).
     rpn_straddle_thresh: float | None = None
+    # The training annotations' own category id of each class (COCO `category_id`, e.g. [3, 7, 12]): label k
+    # is category_ids[k-1] in every output (predictions, COCO results, eval). None: the ids are the labels 1..C.
+    category_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,6 +100,12 @@ class ModelConfig:
     def num_classes(self) -> int:
         """Foreground classes (torchvision R-CNNs add one for background internally)."""
         return len(self.class_names)
+
+    def category_id(self, label: int) -> int:
+        """The source data's category id of model label ``label`` (1..C)."""
+        if self.category_ids is None:
+            return int(label)
+        return int(self.category_ids[int(label) - 1])
 
     @property
     def effective_score_thresh(self) -> float:
@@ -169,6 +178,13 @@ class ModelConfig:
             raise ConfigError("rpn_straddle_thresh applies to faster_rcnn / mask_rcnn (the RPN's anchors)")
         if self.rpn_post_nms_top_n_train < 1:
             raise ConfigError(f"rpn_post_nms_top_n_train must be >= 1, got {self.rpn_post_nms_top_n_train}")
+        if self.category_ids is not None:
+            ids = self.category_ids
+            if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+                raise ConfigError(f"category_ids must be a list of integers, got {ids!r}")
+            if len(ids) != len(self.class_names) or len(set(ids)) != len(ids):
+                raise ConfigError(f"category_ids must hold one distinct id per class ({len(self.class_names)} "
+                                  f"classes), got {ids}")
         if self.mask_positives_per_image is not None:
             if self.mask_positives_per_image < 1:
                 raise ConfigError(f"mask_positives_per_image must be >= 1, got {self.mask_positives_per_image}")
@@ -213,6 +229,8 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     data = dict(data)
     if "priors" in data and data["priors"] is not None:
         data["priors"] = {str(k): float(v) for k, v in data["priors"].items()}
+    if isinstance(data.get("category_ids"), tuple):
+        data["category_ids"] = list(data["category_ids"])
     return cls(**data)
 
 

@@ -54,6 +54,11 @@ def _register_train(sub: Any) -> None:
     m.add_argument("--method", choices=("baseline", "ce", "sampling_free"), help="training method")
     m.add_argument("--backbone", help="resnet18|resnet34|resnet50|mobilenet_v3_large|efficientnet_lite0")
     m.add_argument("--backbone-weights", help="'imagenet' (offline, where available) or a state-dict path")
+    m.add_argument("--weights", metavar="SOURCE",
+                   help="start from pretrained detection weights: a torchvision weights name (e.g. "
+                        "FasterRCNN_ResNet50_FPN_Weights.COCO_V1 or fcos_resnet50_fpn; downloaded once), a local .pth "
+                        "state dict, or an sfdeploy checkpoint; what fits is loaded, class layers are re-initialised "
+                        "(list in OUT/weights.json)")
     m.add_argument("--trainable-backbone-layers", type=int)
     m.add_argument("--fpn-channels", type=int)
     m.add_argument("--image-size", type=int, help="resize images to this size (min = max side)")
@@ -78,13 +83,25 @@ def _register_train(sub: Any) -> None:
                                                              "image in the RPN loss (0: the authors' protocol)")
 
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root")
+    d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root | YOLO data.yaml")
     d.add_argument("--val-data", help="evaluate on this data (bbox AP) at --eval-every and at the end; keeps best.pt")
     d.add_argument("--images", dest="images_dir", help="image folder for a COCO JSON")
+    d.add_argument("--val-images", dest="val_images_dir", metavar="DIR",
+                   help="image folder of a COCO --val-data (e.g. val2017/ next to train2017/; default: --images)")
+    d.add_argument("--val-fraction", type=float, metavar="F",
+                   help="no separate validation set: hold out this fraction of --data (e.g. 0.2) for validation; "
+                        "which images depends only on --split-seed and the file names")
+    d.add_argument("--split-seed", type=int, metavar="N",
+                   help="seed of the --val-fraction holdout (default 0; independent of --seed, so runs with "
+                        "different seeds validate on the same images)")
     d.add_argument("--split", help="training split (VOC / synthetic), default train")
     d.add_argument("--val-split", help="validation split, default val")
     d.add_argument("--workers", type=int, help="DataLoader workers")
     d.add_argument("--no-hflip", dest="hflip", action="store_const", const=False, default=None)
+    d.add_argument("--augment", choices=("none", "flip", "default", "strong"),
+                   help="augmentation preset (torchvision.transforms.v2): none, flip, default (+ IoU-safe crop), "
+                        "strong (+ photometric distortion and zoom-out, SSD's recipe); the same for every method and "
+                        "recorded in OUT/config.yaml (default: the earlier flip pipeline, --no-hflip to disable)")
 
     t = p.add_argument_group("schedule")
     t.add_argument("--out", help="output folder")
@@ -133,8 +150,9 @@ MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", 
                "guide_freeze_steps": "guide_freeze_steps", "rcnn_guide_delta": "rcnn_guide_delta",
                "rpn_straddle_thresh": "rpn_straddle_thresh"}
 TRAIN_FLAGS = ("data", "val_data", "images_dir", "split", "val_split", "workers", "hflip", "out", "max_steps", "epochs",
-               "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "bias_lr_factor", "seed", "device", "amp", "eval_every",
-               "checkpoint_every", "log_every", "divergence_factor", "plots")
+               "batch_size", "lr", "optimizer", "weight_decay", "warmup_steps", "bias_lr_factor", "seed", "device", "amp",
+               "eval_every", "checkpoint_every", "log_every", "divergence_factor", "plots", "val_images_dir", "val_fraction",
+               "split_seed", "weights", "augment")
 
 GPU_FLAGS = ("dist_timeout_minutes", "cudnn_benchmark", "tf32", "channels_last", "compile", "pin_memory")
 

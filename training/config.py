@@ -68,6 +68,15 @@ class TrainConfig:
     # Bias parameters' lr = lr x this factor (maskrcnn-benchmark, the authors' code: 2; torchvision's recipes: 1).
     # Biases never get weight decay (nor norms nor the guides' scalars), which is also the authors' setting.
     bias_lr_factor: float = 1.0
+    # --- data path (issue 14) ---
+    val_images_dir: str | None = None  # image folder of a COCO --val-data (COCO-2017 layout); None: images_dir
+    val_fraction: float | None = None  # hold out this fraction of `data` as validation set (when no val_data)
+    split_seed: int = 0  # which images val_fraction holds out; apart from `seed` so seeds share one holdout
+    # pretrained detection weights: a torchvision weights name, a .pth state dict or an sfdeploy checkpoint
+    weights: str | None = None
+    # augmentation preset none|flip|default|strong (torchvision.transforms.v2, sfdeploy.data.augment); None: the
+    # earlier hand-written pipeline from hflip/scale_jitter, so older configs train exactly as before
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -116,6 +125,24 @@ class TrainConfig:
             raise ConfigError("workers must be >= 0")
         if self.seed < 0:
             raise ConfigError("seed must be >= 0")
+        if self.val_fraction is not None:
+            if not 0.0 < self.val_fraction < 1.0:
+                raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            if self.val_data:
+                raise ConfigError("give either val_data (a separate validation set) or val_fraction (a holdout "
+                                  "of the training data), not both")
+        if self.val_images_dir is not None and not self.val_data:
+            raise ConfigError("val_images_dir is the image folder of val_data: give val_data too")
+        if self.augment is not None:
+            from sfdeploy.data.augment import PRESETS
+
+            if self.augment not in PRESETS:
+                raise ConfigError(f"unknown augment preset {self.augment!r}: choose one of {', '.join(PRESETS)}")
+            if self.scale_jitter is not None or not self.hflip:
+                raise ConfigError("augment presets replace hflip/scale_jitter: give one or the other (augment: none "
+                                  "is no flip)")
+        if self.split_seed < 0:
+            raise ConfigError("split_seed must be >= 0")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

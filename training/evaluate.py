@@ -119,6 +119,7 @@ class _Head:
         self._dataset = dataset
         self._n = min(int(n), len(dataset))
         self.class_names = dataset.class_names
+        self.category_ids = getattr(dataset, "category_ids", None)
         self.has_masks = dataset.has_masks
         self.source = f"{dataset.source} (first {self._n} images)"
 
@@ -150,11 +151,13 @@ def _rle_str(rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def detections_to_coco(output: dict[str, Any], image_id: int, input_size: tuple[int, int],
-                       image_size: tuple[int, int], with_masks: bool = False) -> list[dict[str, Any]]:
+                       image_size: tuple[int, int], with_masks: bool = False,
+                       category_ids: list[int] | None = None) -> list[dict[str, Any]]:
     """One image's model output -> COCO result dicts, boxes/masks rescaled from input_size to image_size (h, w).
 
-    `output` holds torch tensors or numpy arrays: boxes xyxy [N,4], scores [N], labels [N] (1..C = category id),
-    masks [N,1,h,w] (or [N,h,w]) probabilities when `with_masks`.
+    `output` holds torch tensors or numpy arrays: boxes xyxy [N,4], scores [N], labels [N] (1..C),
+    masks [N,1,h,w] (or [N,h,w]) probabilities when `with_masks`. The category id of label k is
+    `category_ids[k-1]` (the data's own ids), or k itself when `category_ids` is None.
     """
     boxes = np.asarray(_numpy(output["boxes"]), dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(_numpy(output["scores"]), dtype=np.float64).reshape(-1)
@@ -172,7 +175,9 @@ def detections_to_coco(output: dict[str, Any], image_id: int, input_size: tuple[
     results = []
     for k in range(len(boxes)):
         x0, y0, x1, y1 = boxes[k]
-        record = {"image_id": int(image_id), "category_id": int(labels[k]),
+        label = int(labels[k])
+        category_id = int(category_ids[label - 1]) if category_ids is not None else label
+        record = {"image_id": int(image_id), "category_id": category_id,
                   "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
                            round(float(y1 - y0), 2)],
                   "score": float(scores[k])}
@@ -226,12 +231,13 @@ def _progress(iterable: Iterable, total: int, enabled: bool, desc: str) -> Itera
 
 def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2, progress: bool = True,
              max_images: int | None = None, backend: str = "auto", workers: int = 0,
-             iou_types: tuple[str, ...] | None = None) -> dict[str, Any]:
+             iou_types: tuple[str, ...] | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """COCO metrics of `model` on `dataset` (a DetectionDataset; its transforms may resize the images).
+    A `details` dict, when given, receives the COCO ground truth ("gt") and results ("results") for plots.
 
     Returns {"bbox": {AP, AP50, AP75, APs, APm, APl, AR100}, "segm": {...} (mask models on data with masks),
-    "per_class": {"bbox": {class: AP}, "segm": {...}}, "images": N, "detections": N, "seconds": s,
-    "backend": name}. The model's train/eval mode is restored afterwards.
+    "per_class": {"bbox": {class: AP}, "segm": {...}}, "category_ids": {class: the data's category id},
+    "images": N, "detections": N, "seconds": s, "backend": name}. The model's train/eval mode is restored afterwards.
     """
     import torch
 
@@ -253,6 +259,7 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
     with_masks = model_masks and bool(getattr(dataset, "has_masks", False))
     if iou_types is None:
         iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    category_ids = getattr(dataset, "category_ids", None)  # results in the data's own ids, as to_coco_gt
     device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
@@ -267,7 +274,8 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
                 for image, output in zip(images, outputs):
                     ann = dataset.annotation(index)
                     results.extend(detections_to_coco(output, ann.image_id, tuple(image.shape[-2:]),
-                                                      (ann.height, ann.width), with_masks=with_masks))
+                                                      (ann.height, ann.width), with_masks=with_masks,
+                                                      category_ids=category_ids))
                     index += 1
     finally:
         net.train(was_training)
@@ -278,6 +286,9 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
         summary, per_class = coco_metrics(gt, rows, iou_type, backend=backend)
         metrics[iou_type] = summary
         metrics["per_class"][iou_type] = per_class
+    metrics["category_ids"] = {c["name"]: c["id"] for c in gt["categories"]}
+    if details is not None:
+        details.update(gt=gt, results=results)
     metrics.update(images=len(dataset), detections=len(results), seconds=round(time.perf_counter() - start, 3),
                    backend=backend)
     return metrics
@@ -286,8 +297,10 @@ def evaluate(model: Any, dataset: Any, device: Any = "cpu", batch_size: int = 2,
 def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val", images_dir: str | None = None,
                         seed: int = 0, device: str = "cpu", batch_size: int = 2, progress: bool = True,
                         max_images: int | None = None, backend: str = "auto", workers: int = 0,
-                        score_thresh: float | None = None) -> dict[str, Any]:
-    """Load a checkpoint and evaluate it on DATA (`synthetic[:N]`, a COCO JSON or a VOC root; see DATA_HELP).
+                        val_fraction: float | None = None, split_seed: int = 0,
+                        details: dict[str, Any] | None = None, score_thresh: float | None = None) -> dict[str, Any]:
+    """Load a checkpoint and evaluate it on DATA (`synthetic[:N]`, a COCO JSON or a VOC root; see DATA_HELP), or
+    with `val_fraction` on the images of DATA that `train --val-fraction F --split-seed N` held out.
 
     `score_thresh` overrides the checkpoint's inference threshold (e.g. 1e-4, the 2020 R-CNN release's).
 
@@ -303,16 +316,25 @@ def evaluate_checkpoint(path: str | Path, data_spec: str, *, split: str = "val",
     if score_thresh is not None:
         set_score_thresh(model, score_thresh)
     dataset = build_dataset(data_spec, split=split, images_dir=images_dir, seed=seed, with_masks=cfg.has_masks)
+    if val_fraction is not None:
+        from sfdeploy.data.split import holdout_split
+
+        dataset = holdout_split(dataset, val_fraction, split_seed)[1]
     if len(dataset.class_names) != cfg.num_classes:
         raise DataError(
             f"{path} was trained on {cfg.num_classes} classes {cfg.class_names} but {dataset.source} has "
             f"{len(dataset.class_names)} {dataset.class_names}: evaluate on data with the same classes"
         )
+    data_ids = dataset.category_ids or list(range(1, len(dataset.class_names) + 1))
+    model_ids = [cfg.category_id(k) for k in range(1, cfg.num_classes + 1)]
+    if cfg.category_ids is not None and data_ids != model_ids:  # checkpoints from before category_ids: by position
+        raise DataError(f"{path} predicts category ids {model_ids} but {dataset.source} has {data_ids}: evaluate "
+                        "on data annotated with the same categories")
     if list(dataset.class_names) != list(cfg.class_names):
         print(f"warning: class names differ between the checkpoint {cfg.class_names} and the data "
               f"{dataset.class_names}; labels are matched by position", file=sys.stderr)
     metrics = evaluate(model, dataset, device=device, batch_size=batch_size, progress=progress,
-                       max_images=max_images, backend=backend, workers=workers)
+                       max_images=max_images, backend=backend, workers=workers, details=details)
     metrics["checkpoint"] = {"path": str(path), "detector": cfg.detector, "method": cfg.method,
                              "backbone": cfg.backbone, "step": ckpt.meta.get("step"),
                              "score_thresh": cfg.effective_score_thresh if score_thresh is None else score_thresh}

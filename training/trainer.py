@@ -30,7 +30,7 @@ import torch
 from sfdeploy.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from sfdeploy.io import atomic_write_text, remove_stale_temp_files
 from sfdeploy.config import ConfigError
-from sfdeploy.data import build_dataset, collate, train_transforms
+from sfdeploy.data import collate
 from sfdeploy.models import build_model
 from sfdeploy.models.builder import resolved_prior
 from sfdeploy.sampling_free import FrozenGuidedLoss, GuidedLossScaling
@@ -38,7 +38,10 @@ from sfdeploy.sampling_free import FrozenGuidedLoss, GuidedLossScaling
 from . import distributed as D
 from . import gpu
 from .config import TrainConfig
+from .data import train_dataset, train_transforms_for
+from .data import val_dataset as open_val_dataset
 from .metrics_log import MetricsLogger
+from .weights import apply_weights
 from .optim import build_optimizer, build_scheduler
 from .step_sync import DeferredChecks, is_read_step
 
@@ -210,7 +213,7 @@ def _estimate_priors(cfg: TrainConfig, progress: bool, say: _Say) -> dict[str, f
         pi = resolved_prior(cfg.model)
         say(f"warning: prior estimation is not available here; using the fixed prior {head}={pi:.3g}")
         return {head: pi}
-    raw = build_dataset(cfg.data, split=cfg.split, images_dir=cfg.images_dir, seed=cfg.seed, with_masks=False)
+    raw = train_dataset(cfg, with_masks=False)
     result = estimate_priors(cfg.model, raw, cache_dir=cfg.prior_cache_dir, progress=progress)
     pis = {k: float(v) for k, v in result.pi.items()}
     detail = ", ".join(f"{k}={v:.3g} (fg {result.fg.get(k, '?')}, bg {result.bg.get(k, '?')})" for k, v in pis.items())
@@ -262,18 +265,17 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
     torch.manual_seed(cfg.seed)
 
     # -- data ----------------------------------------------------------------------------------------------------
-    transforms = train_transforms(cfg.model.min_size, cfg.model.max_size, flip=cfg.hflip, scale_jitter=cfg.scale_jitter)
-    dataset = build_dataset(cfg.data, split=cfg.split, images_dir=cfg.images_dir, seed=cfg.seed,
-                            transforms=transforms, with_masks=cfg.model.has_masks)
+    transforms = train_transforms_for(cfg)
+    dataset = train_dataset(cfg, transforms=transforms, with_masks=cfg.model.has_masks)
     if ckpt is None:
-        cfg.model = cfg.model.replace(class_names=list(dataset.class_names))
+        cfg.model = cfg.model.replace(class_names=list(dataset.class_names), category_ids=dataset.category_ids)
     elif list(dataset.class_names) != list(cfg.model.class_names):
         raise CheckpointError(f"cannot resume: the data's classes {dataset.class_names} differ from the "
                               f"checkpoint's {cfg.model.class_names}")
     val_dataset = None
-    if cfg.val_data and main:
-        val_dataset = build_dataset(cfg.val_data, split=cfg.val_split, images_dir=cfg.images_dir, seed=cfg.seed,
-                                    transforms=None, with_masks=cfg.model.has_masks)
+    if main:
+        val_dataset = open_val_dataset(cfg, with_masks=cfg.model.has_masks)
+    if val_dataset is not None:
         if list(val_dataset.class_names) != list(cfg.model.class_names):
             raise ConfigError(f"--val-data classes {val_dataset.class_names} differ from the training data's "
                               f"{cfg.model.class_names}")
@@ -295,7 +297,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: bool, stop_at: int | No
 
     # -- model, optimiser, schedule --------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, load_backbone_weights=ckpt is None).to(device)
+    model = build_model(cfg.model, load_backbone_weights=ckpt is None)
+    if ckpt is None and cfg.weights:
+        apply_weights(model, cfg, out, say, main, progress)
+    model = model.to(device)
     model.train()
     amp_dt = gpu.amp_dtype(cfg.amp, device)
     if cfg.amp != "off" and amp_dt is None:

@@ -1,4 +1,4 @@
-"""Data sets for detection training and evaluation: synthetic shapes, COCO JSON and PASCAL VOC.
+"""Data sets for detection training and evaluation: synthetic shapes, COCO JSON, PASCAL VOC and YOLO.
 
 Every reader validates on load (clipping/dropping bad boxes with one counted warning per kind) and
 returns torchvision-style samples; ``annotation(i)`` gives boxes without decoding pixels.
@@ -13,10 +13,11 @@ from .synthetic import SyntheticDataset
 from .transforms import (Compose, RandomHorizontalFlip, RandomScaleJitter, ResizeShortestEdge, eval_transforms,
                          train_transforms)
 from .voc import VocDataset
+from .yolo import YoloDataset
 
 __all__ = [
     "DATA_HELP", "CocoDataset", "Compose", "DataError", "DataWarning", "DetectionDataset", "ImageAnnotation",
-    "RandomHorizontalFlip", "RandomScaleJitter", "ResizeShortestEdge", "SyntheticDataset", "VocDataset",
+    "RandomHorizontalFlip", "RandomScaleJitter", "ResizeShortestEdge", "SyntheticDataset", "VocDataset", "YoloDataset",
     "build_dataset", "collate", "eval_transforms", "read_image", "to_coco_gt", "train_transforms",
     "validate_images",
 ]

@@ -84,6 +84,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     """
 
     class_names: list[str]
+    # The source's category id of each class (label k -> category_ids[k-1]); None: labels 1..C are the ids.
+    category_ids: list[int] | None = None
     has_masks: bool = False
     transforms: Transform | None = None
     source: str = "dataset"  # shown in messages

@@ -11,6 +11,8 @@ from pycocotools import mask as mask_utils
 
 from .base import DetectionDataset, ImageAnnotation, Transform, read_image_size
 from .boxes import sanitize_boxes
+from .coco_records import (AnnotationRecord, Category, check_annotation, check_category, check_image,
+                           check_segmentation)
 from .errors import DataError, ProblemLog
 
 
@@ -44,9 +46,30 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
     raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
-def _has_segmentation(ann: dict) -> bool:
-    seg = ann.get("segmentation")
-    return bool(seg) and (isinstance(seg, dict) or any(len(p) >= 6 for p in seg if isinstance(p, list)))
+def _has_segmentation(seg: Any) -> bool:
+    """An RLE, or a polygon list with at least one polygon of 3+ points (shorter ones cannot be rasterised)."""
+    return bool(seg) and (isinstance(seg, dict) or any(isinstance(p, list) and len(p) >= 6 for p in seg))
+
+
+def _drop_placeholder_categories(categories: list[Category], annotations: list[AnnotationRecord],
+                                 log: ProblemLog) -> list[Category]:
+    """Roboflow-style exports add a category for the data set itself (id 0, or the supercategory of the real
+    ones) that no box uses; giving it a class slot would train a class that never occurs."""
+    used = {a.category_id for a in annotations}
+    parents = {c.supercategory for c in categories}
+    placeholders = [c for c in categories if c.id not in used and (c.id == 0 or c.name in parents)]
+    if len(placeholders) == len(categories):
+        return categories  # no annotations at all: reported as such by the caller
+    for c in placeholders:
+        log.add("gave no class to {n} placeholder categories without annotations",
+                example=f"id {c.id} {c.name!r}")
+    return [c for c in categories if c not in placeholders]
+
+
+def _unique_names(categories: list[Category]) -> list[str]:
+    """Class names; a name used by two ids gets the id appended (both stay distinct classes)."""
+    names = [c.name for c in categories]
+    return [n if names.count(n) == 1 else f"{n} ({c.id})" for n, c in zip(names, categories)]
 
 
 class CocoDataset(DetectionDataset):
@@ -63,29 +86,35 @@ class CocoDataset(DetectionDataset):
         self.transforms = transforms
         data = _load_json(self.json_path)
         log = ProblemLog(self.source)
+        path = self.json_path
 
-        categories = sorted(data["categories"], key=lambda c: int(c["id"]))
-        self.category_ids = [int(c["id"]) for c in categories]
+        categories = [check_category(path, k, c) for k, c in enumerate(data["categories"])]
         if not categories:
-            raise DataError(f"{self.json_path}: no categories")
-        if len(set(self.category_ids)) != len(self.category_ids):
-            raise DataError(f"{self.json_path}: duplicate category ids")
-        self.class_names = [str(c.get("name", c["id"])) for c in categories]
+            raise DataError(f"{path}: no categories")
+        ids = [c.id for c in categories]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"{path}: categories: duplicate category id {duplicate}")
+        records = [check_annotation(path, k, a) for k, a in enumerate(data.get("annotations", []))]
+        categories = _drop_placeholder_categories(categories, records, log)
+        categories.sort(key=lambda c: c.id)
+        # labels are 1..C in sorted id order; the source's ids stay available for every output (category_ids)
+        self.category_ids = [c.id for c in categories]
+        self.class_names = _unique_names(categories)
         cat_to_label = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
 
         images = self._resolve_images(data["images"], images_dir, log)
-        anns_by_image: dict[int, list[dict]] = {img["id"]: [] for img in images}
-        all_image_ids = {img.get("id") for img in data["images"]}
-        for ann in data.get("annotations", []):
-            image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            if image_id in anns_by_image:
-                anns_by_image[image_id].append(ann)
-            elif image_id not in all_image_ids:
-                log.add("dropped {n} annotations of unknown image ids", example=image_id)
+        anns_by_image: dict[int, list[AnnotationRecord]] = {img["id"]: [] for img in images}
+        all_image_ids = {img["id"] for img in images} | self._skipped_image_ids
+        for ann in records:
+            if ann.image_id in anns_by_image:
+                anns_by_image[ann.image_id].append(ann)
+            elif ann.image_id not in all_image_ids:
+                log.add("dropped {n} annotations of unknown image ids", example=ann.image_id)
 
-        auto_masks = any(_has_segmentation(a) for anns in anns_by_image.values() for a in anns)
+        auto_masks = any(_has_segmentation(a.segmentation) for anns in anns_by_image.values() for a in anns)
         if with_masks and not auto_masks:
-            raise DataError(f"{self.json_path}: masks requested but no annotation has a 'segmentation'")
+            raise DataError(f"{path}: masks requested but no annotation has a 'segmentation'")
         self.has_masks = auto_masks if with_masks is None else bool(with_masks)
 
         self._annotations: list[ImageAnnotation] = []
@@ -96,27 +125,36 @@ class CocoDataset(DetectionDataset):
             anns = anns_by_image[img["id"]]
             valid = []
             for ann in anns:
-                bbox = ann.get("bbox")
-                if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
-                    log.add("dropped {n} annotations without a valid 'bbox'", example=ann.get("id"))
-                elif ann.get("category_id") not in cat_to_label:
-                    log.add("dropped {n} annotations with unknown category id", example=ann.get("category_id"))
+                if ann.category_id not in cat_to_label:
+                    log.add("dropped {n} annotations with unknown category id", example=ann.category_id)
                 else:
                     valid.append(ann)
-            xywh = np.array([a["bbox"] for a in valid], dtype=np.float64).reshape(-1, 4)
+            if not anns:
+                log.add("{n} images have no annotations (kept as background images)", example=img["file_name"])
+            xywh = np.array([a.bbox for a in valid], dtype=np.float64).reshape(-1, 4)
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
             boxes, keep = sanitize_boxes(xyxy, img["width"], img["height"], log)
             kept = [a for a, k in zip(valid, keep) if k]
             self._annotations.append(ImageAnnotation.make(
                 img["id"], img["path"], img["width"], img["height"], boxes[keep],
-                [cat_to_label[a["category_id"]] for a in kept], [1 if a.get("iscrowd", 0) else 0 for a in kept]))
+                [cat_to_label[a.category_id] for a in kept], [a.iscrowd for a in kept]))
             self._paths.append(img["path"])
-            self._areas.append(np.array([float(a.get("area", 0.0)) for a in kept], dtype=np.float64))
+            self._areas.append(np.array([a.area for a in kept], dtype=np.float64))
             if self.has_masks:
-                missing = [a for a in kept if not _has_segmentation(a)]
-                log.add("used the box as mask for {n} annotations without 'segmentation'", len(missing))
-                self._segmentations.append([a.get("segmentation") if _has_segmentation(a) else None for a in kept])
+                for a in kept:
+                    if a.segmentation is not None:
+                        check_segmentation(path, f"annotation id {a.id} (image {img['id']})", a.segmentation,
+                                           img["height"], img["width"])
+                segmentations = [a.segmentation if _has_segmentation(a.segmentation) else None for a in kept]
+                log.add("used the box as mask for {n} annotations without 'segmentation'",
+                        sum(seg is None for seg in segmentations))
+                self._segmentations.append(segmentations)
+        if not records:
+            raise DataError(f"{path}: the data set has no annotations; there is nothing to train or evaluate on")
         log.report()
+        if not any(len(a.boxes) for a in self._annotations):
+            raise DataError(f"{path}: no usable boxes: all {len(records)} annotations were dropped (see the "
+                            "warning above); there is nothing to train or evaluate on")
 
     def _resolve_images(self, entries: list, images_dir: str | Path | None, log: ProblemLog) -> list[dict]:
         """Check image entries and find their files; entries whose file is missing are skipped."""
@@ -124,21 +162,24 @@ class CocoDataset(DetectionDataset):
             raise DataError(f"no images in {self.json_path} ('images' is empty)")
         roots = [Path(images_dir)] if images_dir else [self.json_path.parent, self.json_path.parent / "images"]
         seen: set[int] = set()
+        self._skipped_image_ids: set[int] = set()
         images = []
         for k, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "id" not in entry or not entry.get("file_name"):
-                raise DataError(f"{self.json_path}: image entry {k} needs 'id' and 'file_name'")
-            if entry["id"] in seen:
-                raise DataError(f"{self.json_path}: duplicate image id {entry['id']}")
-            seen.add(entry["id"])
-            path = next((r / entry["file_name"] for r in roots if (r / entry["file_name"]).is_file()), None)
-            if path is None:
-                log.add("skipped {n} images whose file is missing", example=roots[0] / entry["file_name"])
+            record = check_image(self.json_path, k, entry)
+            if record.id in seen:
+                log.add("ignored {n} image entries whose id repeats an earlier one (their annotations go to the "
+                        "first)", example=f"id {record.id}, {record.file_name}")
                 continue
-            width, height = entry.get("width"), entry.get("height")
-            if not width or not height:
+            seen.add(record.id)
+            path = next((r / record.file_name for r in roots if (r / record.file_name).is_file()), None)
+            if path is None:
+                log.add("skipped {n} images whose file is missing", example=roots[0] / record.file_name)
+                self._skipped_image_ids.add(record.id)
+                continue
+            width, height = record.width, record.height
+            if width is None or height is None:
                 width, height = read_image_size(path)
-            images.append({"id": int(entry["id"]), "file_name": str(entry["file_name"]), "path": str(path),
+            images.append({"id": record.id, "file_name": record.file_name, "path": str(path),
                            "width": int(width), "height": int(height)})
         if not images:
             where = " or ".join(str(r) for r in roots)

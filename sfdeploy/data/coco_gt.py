@@ -11,11 +11,13 @@ from .base import DetectionDataset
 
 
 def to_coco_gt(dataset: DetectionDataset) -> dict[str, Any]:
-    """COCO GT with category id == label; crowd regions kept (iscrowd=1) so evaluation ignores them.
+    """COCO GT with the data set's own category ids (``dataset.category_ids``; labels 1..C when it has none);
+    crowd regions kept (iscrowd=1) so evaluation ignores them.
 
     Boxes are in original-image pixels (xywh); area is the mask area when masks exist, else the
     data set's own area (COCO) or the box area. Segmentations are compressed RLE with str counts.
     """
+    ids = getattr(dataset, "category_ids", None) or list(range(1, len(dataset.class_names) + 1))
     images, annotations = [], []
     for i in range(len(dataset)):
         ann = dataset.annotation(i)
@@ -31,7 +33,7 @@ def to_coco_gt(dataset: DetectionDataset) -> dict[str, Any]:
         if areas is None:
             areas = xywh[:, 2] * xywh[:, 3]
         for k in range(len(ann.boxes)):
-            record = {"id": len(annotations) + 1, "image_id": ann.image_id, "category_id": int(ann.labels[k]),
+            record = {"id": len(annotations) + 1, "image_id": ann.image_id, "category_id": int(ids[int(ann.labels[k]) - 1]),
                       "bbox": [round(float(v), 3) for v in xywh[k]], "area": float(areas[k]),
                       "iscrowd": int(ann.iscrowd[k])}
             if rles is not None:
@@ -39,6 +41,7 @@ def to_coco_gt(dataset: DetectionDataset) -> dict[str, Any]:
                 record["segmentation"] = {"size": [int(s) for s in rle["size"]],
                                           "counts": rle["counts"].decode("ascii")}
             annotations.append(record)
-    categories = [{"id": k + 1, "name": name, "supercategory": "object"} for k, name in enumerate(dataset.class_names)]
+    categories = [{"id": int(ids[k]), "name": name, "supercategory": "object"}
+                  for k, name in enumerate(dataset.class_names)]
     return {"info": {"description": f"sfdeploy ground truth of {dataset.source}"}, "images": images,
             "annotations": annotations, "categories": categories}

@@ -47,8 +47,14 @@ class ProblemLog:
         return f"{self.source}: " + "; ".join(parts) if parts else ""
 
     def report(self) -> None:
-        """Emit the summary as a DataWarning (and a log record) if anything was recorded."""
+        """Emit the summary as a DataWarning if anything was recorded (and a log record where logging is set up).
+
+        One channel only: with no logging configured, a log record would reach stderr through logging's
+        last-resort handler next to the warning, and the same data set opened again (train, priors, validation)
+        would repeat it; Python's warning registry shows each message once per call site.
+        """
         if self.counts:
             message = self.summary()
-            logger.warning(message)
+            if logger.hasHandlers():
+                logger.warning(message)
             warnings.warn(message, DataWarning, stacklevel=3)

@@ -70,7 +70,8 @@ def build_fpn_backbone(
     trainable_layers: int = 5,
     load_weights: bool = True,
 ) -> FPNBackbone:
-    """Build `name` + FPN. `weights`: None (random), "imagenet" (offline package, EfficientNet-Lite0) or a path.
+    """Build `name` + FPN. `weights`: None (random), "imagenet" (EfficientNet-Lite0: an offline package; the torchvision
+    backbones: torchvision's weights API, which downloads once) or a path.
 
     `load_weights=False` builds the same architecture (frozen BN where weights were given) without reading the
     weights: a checkpoint's state dict supplies them, so a deployed model needs no backbone file.
@@ -103,6 +104,21 @@ def _load_state_dict_file(path: str, what: str) -> dict[str, Tensor]:
     return state
 
 
+def _torchvision_imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """ImageNet weights of a torchvision classifier through torchvision's weights API (downloaded once, then from
+    torch's hub cache); IMAGENET1K_V1, the weights torchvision's own detectors start from."""
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a hash mismatch a RuntimeError
+        reason = str(getattr(exc, "reason", exc)).splitlines()[0]
+        raise BackboneError(f"cannot download the ImageNet weights of {name} from {weights.url} ({reason}). "
+                            "Offline? Download that file on a machine with internet and pass its path: "
+                            "--backbone-weights FILE.pth") from None
+
+
 def _load_into(module: nn.Module, state: dict[str, Tensor], path: str) -> None:
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
     missing, unexpected = module.load_state_dict(state, strict=False)
@@ -123,15 +139,12 @@ def _freeze(stages: list[nn.Module], trainable_layers: int) -> None:
 
 def _resnet(name: str, two_stage: bool, channels: int, weights: str | None, trainable_layers: int,
             load_weights: bool) -> FPNBackbone:
-    if weights == "imagenet":
-        raise BackboneError(
-            f"no offline ImageNet weights ship for {name}: pass a local torchvision .pth file as backbone_weights"
-        )
     # Pretrained weights: frozen BN, as torchvision and detectron2 do for small detection batches.
     norm = FrozenBatchNorm2d if weights else nn.BatchNorm2d
     body = getattr(resnet, name)(weights=None, norm_layer=norm)
     if weights and load_weights:
-        _load_into(body, _load_state_dict_file(weights, name), weights)
+        state = _torchvision_imagenet_state_dict(name) if weights == "imagenet" else _load_state_dict_file(weights, name)
+        _load_into(body, state, weights)
     stages = [nn.ModuleList([body.conv1, body.bn1]), body.layer1, body.layer2, body.layer3, body.layer4]
     _freeze(stages, trainable_layers)
     layers = [1, 2, 3, 4] if two_stage else [2, 3, 4]
@@ -143,11 +156,11 @@ def _resnet(name: str, two_stage: bool, channels: int, weights: str | None, trai
 
 def _mobilenet(two_stage: bool, channels: int, weights: str | None, trainable_layers: int,
                load_weights: bool) -> FPNBackbone:
-    if weights == "imagenet":
-        raise BackboneError("no offline ImageNet weights ship for mobilenet_v3_large: pass a local .pth file")
     model = mobilenet_v3_large(weights=None, norm_layer=FrozenBatchNorm2d if weights else None)
     if weights and load_weights:
-        _load_into(model, _load_state_dict_file(weights, "mobilenet_v3_large"), weights)
+        state = (_torchvision_imagenet_state_dict("mobilenet_v3_large") if weights == "imagenet"
+                 else _load_state_dict_file(weights, "mobilenet_v3_large"))
+        _load_into(model, state, weights)
     features = model.features
     # Last block of each resolution: strides 4, 8, 16, 32 (indices into torchvision's `features`).
     ends = {3: 24, 6: 40, 12: 112, 16: 960}

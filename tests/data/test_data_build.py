@@ -83,9 +83,9 @@ def test_coco_gt_keeps_crowd_and_original_ids(coco_path: Path) -> None:
     coco = load_gt(gt)
     assert sorted(coco.getImgIds()) == [11, 12, 13]
     crowd = coco.loadAnns(coco.getAnnIds(imgIds=12))
-    assert [a["iscrowd"] for a in crowd] == [1] and crowd[0]["category_id"] == 2
+    assert [a["iscrowd"] for a in crowd] == [1] and crowd[0]["category_id"] == 7  # the JSON's own id (dog)
     assert coco.annToMask(crowd[0]).sum() == 64
-    assert [c["id"] for c in gt["categories"]] == [1, 2]
+    assert [(c["id"], c["name"]) for c in gt["categories"]] == [(3, "cat"), (7, "dog")]
     boxes_only = to_coco_gt(CocoDataset(coco_path, with_masks=False))
     assert all("segmentation" not in a for a in boxes_only["annotations"])
     assert [a["area"] for a in boxes_only["annotations"]] == [400.0, 300.0, 64.0]  # COCO's own areas

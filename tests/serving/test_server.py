@@ -88,7 +88,7 @@ def test_detect_multipart_and_base64(server):
     body = r.json()
     assert body["model"] == "sf" and body["image_size"] == [256, 200] and body["detections"]
     det = body["detections"][0]
-    assert set(det) == {"box", "score", "label", "class_name"}
+    assert set(det) == {"box", "score", "label", "class_name", "category_id"}
     r2 = server.post("/v1/detect", json={"image_base64": base64.b64encode(data).decode()})
     assert r2.status_code == 200 and r2.json()["detections"] == body["detections"]
     r3 = server.post("/v1/detect", params={"model": "masks", "masks": "true", "max_detections": 3,

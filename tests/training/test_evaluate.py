@@ -251,7 +251,8 @@ def test_eval_cli_json_and_table(tmp_path, capsys):
     # class count mismatch and a missing checkpoint: one-line user errors, exit 2
     (tmp_path / "c.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "x.png", "width": 8, "height": 8}],
-        "categories": [{"id": 1, "name": "dog"}], "annotations": []}))
+        "categories": [{"id": 1, "name": "dog"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}]}))
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
