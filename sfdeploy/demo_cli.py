@@ -1,6 +1,7 @@
-"""`sfdeploy demo`: the gradio app (app.py) comparing a baseline with its Sampling-Free twin.
+"""`sfdeploy demo`: the gradio demo (`sfdeploy.app`, also started by `python app.py`) comparing a baseline with
+its Sampling-Free twin.
 
-Light on purpose: gradio, torch and app.py are imported only when the command runs.
+Light on purpose: gradio, torch and `sfdeploy.app` are imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -29,39 +30,15 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _import_app() -> Any:
-    """`app` is a top-level module (installed with the package, or app.py at the repository root)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    try:
-        import app  # type: ignore[import-not-found]
-
-        if hasattr(app, "build_app"):
-            return app
-    except ImportError:
-        pass
-    path = Path(__file__).resolve().parents[1] / "app.py"
-    if not path.is_file():
-        from .errors import UserError
-
-        raise UserError("the demo app (app.py) is not installed; run from the sfdeploy repository or reinstall")
-    spec = importlib.util.spec_from_file_location("app", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["app"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
-
     from .errors import UserError
 
-    if importlib.util.find_spec("gradio") is None:
-        raise UserError("the demo needs gradio: pip install 'sfdeploy[demo]'")
-    app = _import_app()
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the demo needs gradio: pip install 'sfdeploy[demo]'") from None
+    from sfdeploy.app.launch import main as demo_main
+
     argv = ["--host", args.host]
     if args.models:
         argv += ["--models", args.models]
@@ -71,4 +48,4 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--share", "true"]
     if args.allow_train:
         argv += ["--allow-train"]
-    return int(app.main(argv) or 0)
+    return int(demo_main(argv) or 0)

@@ -1,4 +1,4 @@
-"""`sfdeploy train` (and, registered from their own modules, `eval` and `quickstart`). No torch import at module top.
+"""`sfdeploy train` (and, registered from its own module, `eval`). No torch import at module top.
 
 Exit codes of `train`: 0 completed; 0 diverged too (a divergence is a result - e.g. the `ce` ablation - reported with a
 warning line and recorded as outcome "diverged" in metrics.jsonl, result.json and last.pt's meta), or 4 with
@@ -24,13 +24,6 @@ def register(subparsers: Any) -> None:
             raise
     else:
         register_eval(subparsers)
-    try:
-        from training.quickstart import register_quickstart
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("training.quickstart",):
-            raise
-    else:
-        register_quickstart(subparsers)
 
 
 def _bool_pair(p: argparse.ArgumentParser, name: str, help_on: str) -> None:

@@ -31,7 +31,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Python package `pl
 pytest.importorskip("gradio")
 pytest.importorskip("serving")
 
-import app  # noqa: E402
+from sfdeploy import app  # noqa: E402
 
 
 def _free_port() -> int:

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("serving")
 
-import app  # noqa: E402
+from sfdeploy import app  # noqa: E402
 
 
 def _png(size: tuple[int, int] = (32, 24)) -> bytes:
@@ -70,7 +70,7 @@ def test_oversized_file_upload_is_refused_before_decoding(tmp_path: Path, monkey
     with big.open("r+b") as fh:  # a valid PNG followed by zeros: 21 MB (sparse, costs no disk)
         fh.truncate(21 * 2**20)
     called = []
-    monkeypatch.setattr(app, "_image_loader", lambda: lambda *a, **k: called.append(1))
+    monkeypatch.setattr(app.inputs, "load_image", lambda *a, **k: called.append(1))
     with pytest.raises(app.BadImage, match=r"21\.0 MB, over the limit of 20 MB"):
         app.load_input(big)
     assert called == []
@@ -112,7 +112,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 @pytest.mark.timeout(180)
 def test_train_endpoint_is_not_callable_unless_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """POST /gradio_api/call/on_train (the issue's attack) must not start training into the models folder."""
-    import training.quickstart as tq
+    import sfdeploy.app.quickstart as tq
 
     started: list[Path] = []
     monkeypatch.setattr(tq, "quickstart", lambda out, **kw: started.append(Path(out)))

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("serving")
 
-import app  # noqa: E402
+from sfdeploy import app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -188,31 +188,35 @@ def test_build_app_with_models(tiny_models: Path, catalog_and_store) -> None:  #
     assert by_id["input-image"]["type"] == "image"
 
 
-def test_quickstart_job_runs_training_quickstart_in_background(tmp_path: Path, monkeypatch,
-                                                              checkpoint_factory) -> None:  # noqa: ANN001
+def test_quickstart_job_runs_the_pipeline_in_background(tmp_path: Path, monkeypatch,
+                                                        checkpoint_factory) -> None:  # noqa: ANN001
+    """Progress comes from the pipeline's stage callback (nothing parses stderr, and stderr is left alone)."""
     calls = []
 
-    def fake_quickstart(out, model="retinanet", fast=False, progress=None):  # noqa: ANN001, ANN202
+    def fake_quickstart(out, model="retinanet", fast=False, progress=None, on_stage=None):  # noqa: ANN001, ANN202
         calls.append((Path(out), model, fast, progress))
-        print("[quickstart] stage 3/5: exporting", file=sys.stderr)
+        print("[quickstart] stage 4/5: a stderr line is not progress", file=sys.stderr)
+        assert job.fraction == 0.0 and job.message == "starting"
+        on_stage(3, 5, "exporting")
         assert job.fraction == pytest.approx(0.4) and job.message == "stage 3/5: exporting"
+        assert sys.stderr is stderr  # no tee
         checkpoint_factory(Path(out) / "retinanet_sampling_free" / "last.pt", "retinanet", "sampling_free")
 
-    import training.quickstart as tq
+    import sfdeploy.app.quickstart as tq
 
     monkeypatch.setattr(tq, "quickstart", fake_quickstart)
     job = app.QuickstartJob()
     stderr = sys.stderr
-    assert job.start(tmp_path, model="fcos", fast=True, unknown_option=1)
+    assert job.start(tmp_path, model="fcos", fast=True)
     assert not job.start(tmp_path) or not job.running  # one at a time
     job.thread.join(timeout=120)
     assert job.done and job.error is None and "Trained" in job.status()
     assert calls == [(tmp_path, "fcos", True, False)]
-    assert sys.stderr is stderr  # the tee is gone
+    assert job.fraction == 1.0
     catalog = app.discover(tmp_path, app.ModelStore(warmup=False))
     assert list(catalog.families) == ["retinanet"]
 
-    def failing(out, progress=True):  # noqa: ANN001, ANN202
+    def failing(out, **kwargs):  # noqa: ANN001, ANN003, ANN202
         raise RuntimeError("no data\nsecond line")
 
     monkeypatch.setattr(tq, "quickstart", failing)

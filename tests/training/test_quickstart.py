@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from training import quickstart as qs
+from sfdeploy.app import quickstart as qs
+from sfdeploy.app import quickstart_cli
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfdeploy")
-    qs.register_quickstart(parser.add_subparsers(dest="command", required=True))
+    quickstart_cli.register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -23,7 +24,7 @@ def test_quickstart_arguments():
                                  "--image-size", "160", "--backbone", "resnet18"])
     assert (args.fast, args.out, args.model, args.steps, args.image_size, args.backbone) == (
         True, "x", "fcos", 7, 160, "resnet18")
-    assert args.handler is qs.run_quickstart
+    assert args.handler is quickstart_cli.run_quickstart
     defaults = _parser().parse_args(["quickstart"])
     assert defaults.model == "retinanet" and defaults.backbone == "efficientnet_lite0" and not defaults.fast
     with pytest.raises(SystemExit):
@@ -42,18 +43,36 @@ def test_comparison_table_markdown():
 
 
 def test_missing_training_package_is_a_clear_user_error(tmp_path, monkeypatch):
+    import sys
+
     from sfdeploy.errors import UserError
 
-    real = importlib.import_module
-
-    def fake_import(name, *a, **k):
-        if name == "training.trainer":
-            raise ImportError("No module named 'training.trainer'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
+    monkeypatch.setitem(sys.modules, "training.trainer", None)  # what a missing module looks like to `import`
     with pytest.raises(UserError, match="training needs `training.trainer`"):
         qs.quickstart(out=tmp_path, fast=True)
+
+
+def test_stage_callback_reports_every_stage_in_order(tmp_path, monkeypatch):
+    """The demo's progress comes from on_stage (stage k of 5), not from parsing stderr."""
+    from types import SimpleNamespace
+
+    import training.trainer
+
+    def fake_train(cfg, progress=True):  # a finished run without metrics: the quickstart evaluates itself
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(out_dir=out, outcome="completed", steps=1, median_step_time_s=0.1, final_metrics={},
+                               best_checkpoint=None, priors={}, message="")
+
+    monkeypatch.setattr(training.trainer, "train", fake_train)
+    seen = []
+    summary = qs.quickstart(out=tmp_path, fast=True, backbone="resnet18", progress=False,
+                            on_stage=lambda k, total, text: seen.append((k, total, text.split(" ")[0])))
+    assert [k for k, _, _ in seen] == [1, 1, 3, 4, 5]  # no last.pt: no stage 2; export and predict still run
+    assert {total for _, total, _ in seen} == {qs.STAGES}
+    assert seen[0][2] == "training" and seen[2][2] == "exporting"
+    assert set(summary["failed_stages"]) == {"export", "predict"}  # no checkpoint to export or load
+    assert (tmp_path / "summary.json").is_file()
 
 
 def _importable(module: str, attr: str | None = None) -> bool:
@@ -72,7 +91,7 @@ def test_quickstart_fast_end_to_end(tmp_path, capsys):
             pytest.skip(f"{module} is not importable yet (written in parallel)")
     has_export = _importable("export", "export_onnx") or _importable("export.onnx", "export_onnx")
     args = _parser().parse_args(["quickstart", "--fast", "--out", str(tmp_path / "qs"), "--device", "cpu", "--json"])
-    rc = qs.run_quickstart(args)
+    rc = quickstart_cli.run_quickstart(args)
     out, err = capsys.readouterr()
     summary = json.loads(out)
     root = tmp_path / "qs"
