@@ -85,8 +85,8 @@ def load_failure_reason(exc: BaseException) -> str:
     return f"truncated or foreign file ({detail})"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read and validate a checkpoint (never unpickles arbitrary objects)."""
+def _read_payload(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, checked to be ours and readable by this version (weights_only=True)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -103,6 +103,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"{p} uses checkpoint format {payload['format_version']}; upgrade sfdeploy to read it")
+    return payload
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint (never unpickles arbitrary objects)."""
+    p = Path(path)
+    payload = _read_payload(p, map_location)
     try:
         config = ModelConfig.from_artefact(payload["config"])
     except (ConfigError, KeyError, TypeError) as exc:
@@ -110,6 +117,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     extra = {k: v for k, v in payload.items() if k not in {"format", "format_version", "sfdeploy_version",
                                                            "config", "model", "meta"}}
     return Checkpoint(config=config, state_dict=payload["model"], meta=payload.get("meta", {}), extra=extra)
+
+
+def update_checkpoint_meta(path: str | Path, **changes: Any) -> dict[str, Any]:
+    """Merge `changes` into a checkpoint's meta, everything else kept byte for byte in content (atomic rewrite):
+    e.g. marking the last good checkpoint of a diverged run without touching its weights or training state.
+    Returns the new meta."""
+    payload = _read_payload(path)
+    payload["meta"] = {**payload.get("meta", {}), **changes}
+    atomic_torch_save(payload, path)
+    return payload["meta"]
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:

@@ -162,3 +162,27 @@ def test_malicious_pickle_error_never_suggests_weights_only_false(tmp_path) -> N
     assert "Python objects" in message and "system" in message  # says what was refused
     for unsafe in ("weights_only", "False", "safe_globals", "trusted"):
         assert unsafe not in message, message
+
+
+def test_update_checkpoint_meta_changes_only_the_meta(tmp_path):
+    """How a diverged run marks its last good checkpoint: meta merged, weights and training state untouched."""
+    from sfdeploy.checkpoint import update_checkpoint_meta
+
+    cfg = ModelConfig(detector="retinanet", backbone="resnet18", class_names=["a"], min_size=64, max_size=64)
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "last.pt", model, cfg, meta={"step": 2, "outcome": "in_progress"},
+                           train_state={"step": 2})
+    meta = update_checkpoint_meta(path, outcome="diverged", diverged_step=4)
+    assert meta == {"step": 2, "outcome": "diverged", "diverged_step": 4}
+    ckpt = load_checkpoint(path)
+    assert ckpt.meta == meta and ckpt.extra["train_state"] == {"step": 2} and ckpt.config == cfg
+    assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # atomic: no temp file left
+
+
+def test_update_checkpoint_meta_refuses_foreign_files(tmp_path):
+    from sfdeploy.checkpoint import update_checkpoint_meta
+
+    torch.save({"meta": {}}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not an sfdeploy checkpoint"):
+        update_checkpoint_meta(tmp_path / "x.pt", outcome="diverged")
