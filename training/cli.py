@@ -42,6 +42,15 @@ def _register_train(sub: Any) -> None:
                     "OUT/best.pt (when evaluated), OUT/metrics.jsonl, OUT/config.yaml, OUT/result.json, OUT/plots/. "
                     "Exit status: 0 completed or diverged (a warning line names the step and loss term; "
                     f"{EXIT_DIVERGED} with --fail-on-divergence), 2 user error, 130 interrupted.")
+    _model_flags(p)
+    _data_flags(p)
+    schedule = _schedule_flags(p)
+    _gpu_flags(p)  # its flags sit between the schedule's in the usage line (as they always have)
+    _run_flags(schedule)
+    p.set_defaults(handler=_train)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=("retinanet", "fcos", "faster_rcnn", "mask_rcnn"), help="detector")
     m.add_argument("--method", choices=("baseline", "ce", "sampling_free"), help="training method")
@@ -75,6 +84,8 @@ def _register_train(sub: Any) -> None:
     m.add_argument("--rpn-straddle-thresh", type=float, help="ignore RPN anchors reaching more than N px outside the "
                                                              "image in the RPN loss (0: the authors' protocol)")
 
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--data", help="synthetic | synthetic:N | COCO JSON | VOC root | YOLO data.yaml")
     d.add_argument("--val-data", help="evaluate on this data (bbox AP) at --eval-every and at the end; keeps best.pt")
@@ -96,6 +107,8 @@ def _register_train(sub: Any) -> None:
                         "strong (+ photometric distortion and zoom-out, SSD's recipe); the same for every method and "
                         "recorded in OUT/config.yaml (default: the earlier flip pipeline, --no-hflip to disable)")
 
+
+def _schedule_flags(p: argparse.ArgumentParser) -> Any:
     t = p.add_argument_group("schedule")
     t.add_argument("--out", help="output folder")
     steps = t.add_mutually_exclusive_group()
@@ -113,6 +126,22 @@ def _register_train(sub: Any) -> None:
     t.add_argument("--device", help="auto | cpu | cuda[:N]")
     t.add_argument("--amp", nargs="?", const="fp16", choices=("off", "fp16", "bf16"), default=None,
                    help="mixed precision: fp16 (CUDA; bare --amp), bf16 (CUDA or CPU; anchors and boxes stay fp32)")
+    return t
+
+
+def _run_flags(t: Any) -> None:
+    t.add_argument("--eval-every", type=int, help="evaluate every N steps (needs --val-data)")
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--log-every", type=int)
+    t.add_argument("--divergence-factor", type=float)
+    t.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
+    t.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=None)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--fail-on-divergence", action="store_true", help=f"exit {EXIT_DIVERGED} when the run diverges")
+    t.add_argument("--json", action="store_true", help="print the run result as one JSON object on stdout")
+
+
+def _gpu_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("GPU speed")
     g.add_argument("--dist-timeout", type=float, dest="dist_timeout_minutes",
                    help="torchrun: process-group timeout in minutes (default 60: rank 0 evaluates meanwhile)")
@@ -123,16 +152,6 @@ def _register_train(sub: Any) -> None:
     g.add_argument("--channels-last", action="store_const", const=True, default=None, help="NHWC convolutions")
     g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the backbone")
     g.add_argument("--no-pin-memory", dest="pin_memory", action="store_const", const=False, default=None)
-    t.add_argument("--eval-every", type=int, help="evaluate every N steps (needs --val-data)")
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--log-every", type=int)
-    t.add_argument("--divergence-factor", type=float)
-    t.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
-    t.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=None)
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--fail-on-divergence", action="store_true", help=f"exit {EXIT_DIVERGED} when the run diverges")
-    t.add_argument("--json", action="store_true", help="print the run result as one JSON object on stdout")
-    p.set_defaults(handler=_train)
 
 
 MODEL_FLAGS = {"model": "detector", "method": "method", "backbone": "backbone", "backbone_weights": "backbone_weights",

@@ -89,8 +89,15 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     written: list[Path] = []
     guides = sorted({name for r in records for name in (r.get("guide") or {})})
     title = title or Path(metrics_jsonl).parent.name
+    written.append(_plot_losses(plt, records, guides, title, out))
+    if guides:
+        written.append(_plot_guides(plt, records, guides, title, out))
+    written.append(_plot_total_lr(plt, records, title, out))
+    return written
 
-    # 1. classification vs localisation -----------------------------------------------------------------------
+
+def _plot_losses(plt: Any, records: list[dict[str, Any]], guides: list[str], title: str, out: Path) -> Path:
+    """1. classification vs localisation (per guide when the run has guides, else every loss term)."""
     if guides:
         fig, axes = plt.subplots(1, len(guides), figsize=(5.5 * len(guides), 4), squeeze=False)
         for ax, name in zip(axes[0], guides):
@@ -126,34 +133,37 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     p = out / "losses.png"
     _savefig(fig, p, dpi=100)
     plt.close(fig)
-    written.append(p)
+    return p
 
-    # 2. guided scale g and delta --------------------------------------------------------------------------------
-    if guides:
-        fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
-        for name in guides:
-            xs, g = _guide_series(records, name, "g")
-            ax_g.plot(xs, g, label=name)
-            # the paper's form learns delta; the authors' 2021 form learns one sigma per loss term
-            weights = sorted({k for r in records for k in ((r.get("guide") or {}).get(name) or {})
-                              if k == "delta" or k.startswith("sigma_")})
-            for key in weights:
-                xs, d = _guide_series(records, name, key)
-                ax_d.plot(xs, d, label=name if key == "delta" else f"{name} {key}")
-        ax_g.set_yscale("log")
-        ax_g.set_title("guided scale g = L_loc / L_cls")
-        ax_d.set_title("learnt delta / sigma")
-        for ax in (ax_g, ax_d):
-            ax.set_xlabel("step")
-            ax.legend(fontsize=8)
-        fig.suptitle(title)
-        fig.tight_layout()
-        p = out / "guided_scale.png"
-        _savefig(fig, p, dpi=100)
-        plt.close(fig)
-        written.append(p)
 
-    # 3. total loss and lr ------------------------------------------------------------------------------------------
+def _plot_guides(plt: Any, records: list[dict[str, Any]], guides: list[str], title: str, out: Path) -> Path:
+    """2. guided scale g and the learnt delta / sigma."""
+    fig, (ax_g, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in guides:
+        xs, g = _guide_series(records, name, "g")
+        ax_g.plot(xs, g, label=name)
+        # the paper's form learns delta; the authors' 2021 form learns one sigma per loss term
+        weights = sorted({k for r in records for k in ((r.get("guide") or {}).get(name) or {})
+                          if k == "delta" or k.startswith("sigma_")})
+        for key in weights:
+            xs, d = _guide_series(records, name, key)
+            ax_d.plot(xs, d, label=name if key == "delta" else f"{name} {key}")
+    ax_g.set_yscale("log")
+    ax_g.set_title("guided scale g = L_loc / L_cls")
+    ax_d.set_title("learnt delta / sigma")
+    for ax in (ax_g, ax_d):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    p = out / "guided_scale.png"
+    _savefig(fig, p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+def _plot_total_lr(plt: Any, records: list[dict[str, Any]], title: str, out: Path) -> Path:
+    """3. total loss and learning rate."""
     fig, (ax_t, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
     xs, ys = _series(records, "total")
     ax_t.plot(xs, ys)
@@ -169,8 +179,7 @@ def make_report(metrics_jsonl: str | Path, out_dir: str | Path, title: str | Non
     p = out / "total_lr.png"
     _savefig(fig, p, dpi=100)
     plt.close(fig)
-    written.append(p)
-    return written
+    return p
 
 
 def plot_comparison(runs: dict[str, str | Path], out_png: str | Path) -> Path:
