@@ -31,7 +31,10 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Python package `pl
 pytest.importorskip("gradio")
 pytest.importorskip("serving")
 
-from sfdeploy import app  # noqa: E402
+from sfdeploy.app.inputs import example_images  # noqa: E402
+from sfdeploy.app.launch import launch  # noqa: E402
+from sfdeploy.app.store import ModelStore, default_loader  # noqa: E402
+from sfdeploy.app.ui import build_app  # noqa: E402
 
 
 def _free_port() -> int:
@@ -45,7 +48,7 @@ class Counter:
         self.calls = 0
 
     def __call__(self, path, backend):  # noqa: ANN001, ANN204
-        predictor = app.default_loader(path, backend)
+        predictor = default_loader(path, backend)
         original = predictor.predict
 
         def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -60,9 +63,9 @@ class Counter:
 def server(tiny_models: Path):  # noqa: ANN201
     models = Path(os.environ.get("SFDEPLOY_DEMO_MODELS") or tiny_models / "pair")
     counter = Counter()
-    demo = app.build_app(models, store=app.ModelStore(loader=counter, warmup=False))
+    demo = build_app(models, store=ModelStore(loader=counter, warmup=False))
     port = _free_port()
-    app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", counter
     finally:
@@ -97,7 +100,7 @@ def test_browser_upload_renders_both_panels(server, tmp_path: Path) -> None:  # 
     from PIL import Image
 
     url, counter = server
-    example = Path(app.example_images()[0])
+    example = Path(example_images()[0])
     original = np.asarray(Image.open(example).convert("RGB"))
     expect = sync_api.expect
     with sync_api.sync_playwright() as pw:

@@ -19,7 +19,12 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("serving")
 
-from sfdeploy import app  # noqa: E402
+from sfdeploy.app import inputs  # noqa: E402
+from sfdeploy.app.inputs import (MAX_PIXELS, MAX_UPLOAD_BYTES, BadImage, load_input,  # noqa: E402
+                                 raw_upload_path)
+from sfdeploy.app.launch import launch  # noqa: E402
+from sfdeploy.app.store import ModelStore  # noqa: E402
+from sfdeploy.app.ui import build_app  # noqa: E402
 
 
 def _png(size: tuple[int, int] = (32, 24)) -> bytes:
@@ -34,8 +39,8 @@ def test_demo_caps_are_the_http_service_caps() -> None:
     pytest.importorskip("fastapi")
     from serving import server
 
-    assert app.MAX_UPLOAD_BYTES == server.DEFAULT_MAX_BYTES
-    assert app.MAX_PIXELS == server.DEFAULT_MAX_PIXELS
+    assert MAX_UPLOAD_BYTES == server.DEFAULT_MAX_BYTES
+    assert MAX_PIXELS == server.DEFAULT_MAX_PIXELS
 
 
 def test_oversized_data_url_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,10 +50,10 @@ def test_oversized_data_url_is_refused_before_decoding(tmp_path: Path, monkeypat
     real = base64.b64decode
     monkeypatch.setattr(base64, "b64decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
     url = "data:image/png;base64," + "A" * (40 * 2**20)  # 30 MB once decoded
-    out = app.raw_upload_path(SimpleNamespace(url=url, path=None))
+    out = raw_upload_path(SimpleNamespace(url=url, path=None))
     assert decoded == [] and list(tmp_path.iterdir()) == []
-    with pytest.raises(app.BadImage, match=r"30\.0 MB, over the limit of 20 MB"):
-        app.load_input(out)
+    with pytest.raises(BadImage, match=r"30\.0 MB, over the limit of 20 MB"):
+        load_input(out)
 
 
 def test_inline_upload_under_the_cap_is_decoded_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,11 +61,11 @@ def test_inline_upload_under_the_cap_is_decoded_in_memory(tmp_path: Path, monkey
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     url = "data:image/png;base64," + base64.b64encode(_png()).decode()
-    image, _ = app.load_input(app.raw_upload_path(SimpleNamespace(url=url, path=None)))
+    image, _ = load_input(raw_upload_path(SimpleNamespace(url=url, path=None)))
     assert image.shape == (24, 32, 3) and list(tmp_path.iterdir()) == []
     for bad in ("data:image/png,not-base64-at-all", "data:image/png;base64,%%%%"):
-        with pytest.raises(app.BadImage):
-            app.load_input(app.raw_upload_path(SimpleNamespace(url=bad, path=None)))
+        with pytest.raises(BadImage):
+            load_input(raw_upload_path(SimpleNamespace(url=bad, path=None)))
 
 
 def test_oversized_file_upload_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,14 +75,14 @@ def test_oversized_file_upload_is_refused_before_decoding(tmp_path: Path, monkey
     with big.open("r+b") as fh:  # a valid PNG followed by zeros: 21 MB (sparse, costs no disk)
         fh.truncate(21 * 2**20)
     called = []
-    monkeypatch.setattr(app.inputs, "load_image", lambda *a, **k: called.append(1))
-    with pytest.raises(app.BadImage, match=r"21\.0 MB, over the limit of 20 MB"):
-        app.load_input(big)
+    monkeypatch.setattr(inputs, "load_image", lambda *a, **k: called.append(1))
+    with pytest.raises(BadImage, match=r"21\.0 MB, over the limit of 20 MB"):
+        load_input(big)
     assert called == []
 
 
 def test_gradio_cache_is_cleaned(tmp_path: Path) -> None:
-    demo = app.build_app(tmp_path / "none", store=app.ModelStore(warmup=False))
+    demo = build_app(tmp_path / "none", store=ModelStore(warmup=False))
     frequency, age = demo.delete_cache
     assert 0 < frequency <= 3600 and 0 < age <= 24 * 3600
 
@@ -87,7 +92,7 @@ def _event_names(demo) -> set[str]:  # noqa: ANN001
 
 
 def test_only_the_detect_button_is_a_documented_api_endpoint(tiny_models: Path) -> None:
-    demo = app.build_app(tiny_models / "pair", store=app.ModelStore(warmup=False))
+    demo = build_app(tiny_models / "pair", store=ModelStore(warmup=False))
     public = {name for name, info in demo.get_api_info()["named_endpoints"].items()}
     assert public == {"/detect"}
     assert "on_train" not in _event_names(demo)
@@ -117,11 +122,11 @@ def test_train_endpoint_is_not_callable_unless_enabled(tmp_path: Path, monkeypat
     started: list[Path] = []
     monkeypatch.setattr(tq, "quickstart", lambda out, **kw: started.append(Path(out)))
     for allow_train in (False, True):
-        demo = app.build_app(tmp_path / f"models-{allow_train}", store=app.ModelStore(warmup=False),
+        demo = build_app(tmp_path / f"models-{allow_train}", store=ModelStore(warmup=False),
                              allow_train=allow_train)
         assert ("on_train" in _event_names(demo)) is allow_train
         port = _free_port()
-        app.launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+        launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
         try:
             status, body = _post(f"http://127.0.0.1:{port}/gradio_api/call/on_train", {"data": ["retinanet", True]})
             deadline = time.time() + 30

@@ -14,7 +14,16 @@ import pytest
 pytest.importorskip("gradio")
 pytest.importorskip("serving")
 
-from sfdeploy import app  # noqa: E402
+from sfdeploy.app.catalog import (Artifact, backend_choices, discover, find_model_files,  # noqa: E402
+                                  pair_artifacts)
+from sfdeploy.app.common import ROLES  # noqa: E402
+from sfdeploy.app.inference import count_above, run_pair  # noqa: E402
+from sfdeploy.app.inputs import BadImage, example_images, load_input, raw_upload_path  # noqa: E402
+from sfdeploy.app.job import QuickstartJob  # noqa: E402
+from sfdeploy.app.launch import parse_args  # noqa: E402
+from sfdeploy.app.render import metrics_rows, render  # noqa: E402
+from sfdeploy.app.store import ModelStore, default_loader  # noqa: E402
+from sfdeploy.app.ui import build_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +35,7 @@ class CountingLoader:
         self.predict_calls = 0
 
     def __call__(self, path, backend):  # noqa: ANN001, ANN204
-        predictor = app.default_loader(path, backend)
+        predictor = default_loader(path, backend)
         original = predictor.predict
 
         def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -40,15 +49,15 @@ class CountingLoader:
 @pytest.fixture(scope="module")
 def catalog_and_store(tiny_models):  # noqa: ANN001, ANN201
     loader = CountingLoader()
-    store = app.ModelStore(loader=loader, warmup=False)
-    return app.discover(tiny_models, store), store, loader
+    store = ModelStore(loader=loader, warmup=False)
+    return discover(tiny_models, store), store, loader
 
 
 def test_find_model_files_prefers_best_over_last(tiny_models: Path) -> None:
-    found = {str(p.relative_to(tiny_models)) for p in app.find_model_files(tiny_models)}
+    found = {str(p.relative_to(tiny_models)) for p in find_model_files(tiny_models)}
     assert found == {"pair/retinanet_baseline/best.pt", "pair/retinanet_sf/best.pt", "fcos_sf/last.pt",
                      "broken/last.pt"}
-    assert app.find_model_files(tiny_models / "missing") == []
+    assert find_model_files(tiny_models / "missing") == []
 
 
 def test_discovery_groups_by_family_and_pairs_methods(catalog_and_store) -> None:  # noqa: ANN001
@@ -66,11 +75,11 @@ def test_discovery_groups_by_family_and_pairs_methods(catalog_and_store) -> None
 
 
 def test_pairing_prefers_same_backbone_and_newest() -> None:
-    def art(method: str, backbone: str, mtime: float, backend: str = "torch") -> app.Artifact:
-        return app.Artifact(path=Path(f"/x/{method}_{backbone}_{mtime}.pt"), backend=backend, detector="fcos",
+    def art(method: str, backbone: str, mtime: float, backend: str = "torch") -> Artifact:
+        return Artifact(path=Path(f"/x/{method}_{backbone}_{mtime}.pt"), backend=backend, detector="fcos",
                             method=method, backbone=backbone, class_names=["a"], score_thresh=0.05, mtime=mtime)
 
-    fams = app.pair_artifacts([art("baseline", "resnet50", 5), art("baseline", "resnet18", 1),
+    fams = pair_artifacts([art("baseline", "resnet50", 5), art("baseline", "resnet18", 1),
                                art("sampling_free", "resnet18", 3), art("sampling_free", "resnet18", 4, "onnxruntime"),
                                art("ce", "resnet18", 9)])
     fam = fams["fcos"]
@@ -79,65 +88,65 @@ def test_pairing_prefers_same_backbone_and_newest() -> None:
     assert fam.sides["baseline"]["torch"].backbone == "resnet18"  # matches the Sampling-Free run, not newest
     assert fam.backends == ["torch", "onnxruntime"]
     # "ce" stands in for the baseline only when there is none
-    only_ce = app.pair_artifacts([art("ce", "resnet18", 1), art("sampling_free", "resnet18", 2)])["fcos"]
+    only_ce = pair_artifacts([art("ce", "resnet18", 1), art("sampling_free", "resnet18", 2)])["fcos"]
     assert only_ce.sides["baseline"]["torch"].method == "ce"
 
 
 def test_backend_choices_explain_what_is_missing(catalog_and_store) -> None:  # noqa: ANN001
     catalog, _, _ = catalog_and_store
-    choices, note = app.backend_choices(catalog.families["retinanet"])
+    choices, note = backend_choices(catalog.families["retinanet"])
     assert choices == [("PyTorch", "torch")]
     assert "ONNX Runtime unavailable" in note and "TensorRT unavailable" in note
-    _, note = app.backend_choices(catalog.families["fcos"])
+    _, note = backend_choices(catalog.families["fcos"])
     assert "no Baseline file" in note
 
 
 def test_threshold_rerender_does_not_run_the_models(catalog_and_store) -> None:  # noqa: ANN001
     catalog, store, loader = catalog_and_store
-    image, note = app.load_input(app.example_images()[0])
+    image, note = load_input(example_images()[0])
     assert image.dtype == np.uint8 and image.ndim == 3 and note == ""
     before = loader.predict_calls
-    raw = app.run_pair(store, catalog.families["retinanet"], "torch", image)
+    raw = run_pair(store, catalog.families["retinanet"], "torch", image)
     assert loader.predict_calls == before + 2  # one call per panel
     panels = raw["panels"]
-    for role in app.ROLES:
+    for role in ROLES:
         assert panels[role]["error"] is None and panels[role]["latency_ms"] > 0
     assert panels["baseline"]["floor"] == pytest.approx(0.005)
     assert panels["sampling_free"]["floor"] == pytest.approx(0.001)
 
     counts = []
     for thr in (0.0, 0.01, 0.0199, 0.5, 0.99):
-        img_b, cap_b, img_s, cap_s, pair = app.render(raw, thr, thr)
+        img_b, cap_b, img_s, cap_s, pair = render(raw, thr, thr)
         assert img_b.shape == image.shape and img_s.shape == image.shape and pair is not None
-        counts.append(app.count_above(panels["sampling_free"]["detections"], max(thr, 0.001)))
+        counts.append(count_above(panels["sampling_free"]["detections"], max(thr, 0.001)))
         assert f"**{counts[-1]}** detection" in cap_s and "ms" in cap_s
     assert loader.predict_calls == before + 2  # sliders never re-ran a model
     assert counts[0] > 0 and counts == sorted(counts, reverse=True) and counts[-1] == 0
-    img_b, _, img_s, _, _ = app.render(raw, 0.0, 0.0)
+    img_b, _, img_s, _, _ = render(raw, 0.0, 0.0)
     assert (img_s != image).any() and (img_b != image).any()  # boxes drawn
-    img_b, _, img_s, _, _ = app.render(raw, 0.99, 0.99)
+    img_b, _, img_s, _, _ = render(raw, 0.99, 0.99)
     assert np.array_equal(img_s, image)  # everything filtered out: the input, unchanged
 
 
 def test_missing_side_is_a_panel_message(catalog_and_store) -> None:  # noqa: ANN001
     catalog, store, _ = catalog_and_store
     image = np.full((64, 80, 3), 127, np.uint8)
-    raw = app.run_pair(store, catalog.families["fcos"], "torch", image)
-    img_b, cap_b, img_s, cap_s, pair = app.render(raw, 0.0, 0.0)
+    raw = run_pair(store, catalog.families["fcos"], "torch", image)
+    img_b, cap_b, img_s, cap_s, pair = render(raw, 0.0, 0.0)
     assert img_b is None and "no Baseline model for FCOS" in cap_b
     assert img_s is not None and pair is None
-    raw = app.run_pair(store, catalog.families["retinanet"], "onnxruntime", image)
+    raw = run_pair(store, catalog.families["retinanet"], "onnxruntime", image)
     assert "no Baseline ONNX Runtime file" in raw["panels"]["baseline"]["error"]
 
 
 def test_metrics_table_from_metadata(catalog_and_store) -> None:  # noqa: ANN001
     catalog, _, _ = catalog_and_store
-    rows = {r[0]: r[1:] for r in app.metrics_rows(catalog.families["retinanet"])}
+    rows = {r[0]: r[1:] for r in metrics_rows(catalog.families["retinanet"])}
     assert rows["bbox AP"] == ["0.100", "0.200"] and rows["bbox AP50"] == ["0.300", "0.300"]
     assert rows["score threshold"] == ["0.005", "0.001"] and rows["file"][0].endswith("best.pt")
-    rows = {r[0]: r[1:] for r in app.metrics_rows(catalog.families["fcos"])}
+    rows = {r[0]: r[1:] for r in metrics_rows(catalog.families["fcos"])}
     assert rows["bbox AP"] == ["—", "0.200"]
-    assert app.metrics_rows(None) == []
+    assert metrics_rows(None) == []
 
 
 def test_bad_uploads_raise_friendly_errors(tmp_path: Path) -> None:
@@ -147,24 +156,24 @@ def test_bad_uploads_raise_friendly_errors(tmp_path: Path) -> None:
              "truncated.png": _png_bytes(Image.new("RGB", (64, 64), "red"))[:60]}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(app.BadImage) as err:
-            app.load_input(tmp_path / name)
+        with pytest.raises(BadImage) as err:
+            load_input(tmp_path / name)
         assert "\n" not in str(err.value) and str(err.value)
     big = tmp_path / "big.png"  # 8000 x 6000 = 48 MP > the demo's 40 MP (a few KB on disk)
     Image.new("L", (8000, 6000)).save(big)
-    with pytest.raises(app.BadImage, match="over the limit"):
-        app.load_input(big)
-    with pytest.raises(app.BadImage):
-        app.load_input(tmp_path / "never-uploaded.png")
+    with pytest.raises(BadImage, match="over the limit"):
+        load_input(big)
+    with pytest.raises(BadImage):
+        load_input(tmp_path / "never-uploaded.png")
     wide = tmp_path / "wide.png"
     Image.new("RGB", (2560, 640), "blue").save(wide)
-    image, note = app.load_input(wide)
+    image, note = load_input(wide)
     assert image.shape == (320, 1280, 3) and "downscaled from 2560x640" in note
 
 
 def test_build_app_without_models_explains_quickstart(tmp_path: Path) -> None:
     for allow_train in (False, True):
-        demo = app.build_app(tmp_path / "nothing-here", store=app.ModelStore(warmup=False), allow_train=allow_train)
+        demo = build_app(tmp_path / "nothing-here", store=ModelStore(warmup=False), allow_train=allow_train)
         config = demo.get_config_file()
         texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
         assert "sfdeploy quickstart --out" in texts and "does not exist yet" in texts
@@ -175,7 +184,7 @@ def test_build_app_without_models_explains_quickstart(tmp_path: Path) -> None:
 
 def test_build_app_with_models(tiny_models: Path, catalog_and_store) -> None:  # noqa: ANN001
     _, store, _ = catalog_and_store
-    demo = app.build_app(tiny_models, store=store)
+    demo = build_app(tiny_models, store=store)
     config = demo.get_config_file()
     by_id = {c.get("props", {}).get("elem_id"): c for c in config["components"]}
     assert by_id["family"]["props"]["value"] == "retinanet"
@@ -205,7 +214,7 @@ def test_quickstart_job_runs_the_pipeline_in_background(tmp_path: Path, monkeypa
     import sfdeploy.app.quickstart as tq
 
     monkeypatch.setattr(tq, "quickstart", fake_quickstart)
-    job = app.QuickstartJob()
+    job = QuickstartJob()
     stderr = sys.stderr
     assert job.start(tmp_path, model="fcos", fast=True)
     assert not job.start(tmp_path) or not job.running  # one at a time
@@ -213,14 +222,14 @@ def test_quickstart_job_runs_the_pipeline_in_background(tmp_path: Path, monkeypa
     assert job.done and job.error is None and "Trained" in job.status()
     assert calls == [(tmp_path, "fcos", True, False)]
     assert job.fraction == 1.0
-    catalog = app.discover(tmp_path, app.ModelStore(warmup=False))
+    catalog = discover(tmp_path, ModelStore(warmup=False))
     assert list(catalog.families) == ["retinanet"]
 
     def failing(out, **kwargs):  # noqa: ANN001, ANN003, ANN202
         raise RuntimeError("no data\nsecond line")
 
     monkeypatch.setattr(tq, "quickstart", failing)
-    job = app.QuickstartJob()
+    job = QuickstartJob()
     job.start(tmp_path)
     job.thread.join(timeout=30)
     assert job.error == "no data" and "failed" in job.status()
@@ -243,11 +252,11 @@ def test_demo_cli_registers_and_stays_light() -> None:
 
 
 def test_main_parses_flags() -> None:
-    args = app.parse_args(["--models", "d", "--port", "8000", "--share", "false", "--host", "0.0.0.0"])
+    args = parse_args(["--models", "d", "--port", "8000", "--share", "false", "--host", "0.0.0.0"])
     assert (args.models, args.port, args.share, args.host) == ("d", 8000, False, "0.0.0.0")
-    assert app.parse_args(["--share", "true"]).share is True
-    assert app.parse_args([]).share is False
-    assert app.parse_args([]).allow_train is False and app.parse_args(["--allow-train"]).allow_train is True
+    assert parse_args(["--share", "true"]).share is True
+    assert parse_args([]).share is False
+    assert parse_args([]).allow_train is False and parse_args(["--allow-train"]).allow_train is True
 
 
 def _png_bytes(image) -> bytes:  # noqa: ANN001
@@ -268,11 +277,11 @@ def test_raw_upload_path_never_decodes(tmp_path: Path) -> None:
     import base64
     from types import SimpleNamespace
 
-    assert app.raw_upload_path(None) is None
-    assert app.raw_upload_path(SimpleNamespace(url=None, path="/x/y.png")) == "/x/y.png"
+    assert raw_upload_path(None) is None
+    assert raw_upload_path(SimpleNamespace(url=None, path="/x/y.png")) == "/x/y.png"
     url = "data:image/png;base64," + base64.b64encode(b"corrupt bytes").decode()
-    data = app.raw_upload_path(SimpleNamespace(url=url, path=None))
+    data = raw_upload_path(SimpleNamespace(url=url, path=None))
     assert data == b"corrupt bytes"  # decoded in memory: no temp file
-    with pytest.raises(app.BadImage, match="not an image"):
-        app.load_input(data)
+    with pytest.raises(BadImage, match="not an image"):
+        load_input(data)
     assert not (ROOT / "app.pyi").exists()  # no gradio Component subclass in app.py (gradio would write a stub)
