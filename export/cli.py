@@ -25,7 +25,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--min-size", type=int, default=None, help="TensorRT profile: smallest image side")
     p.add_argument("--opt-size", type=int, default=None, help="TensorRT profile: side to optimise for")
     p.add_argument("--max-size", type=int, default=None, help="TensorRT profile: largest image side")
-    p.add_argument("--model-name", default=None, help="triton: model name (default: the checkpoint's stem)")
+    p.add_argument("--model-name", default=None, help="triton: model name (default: DETECTOR_METHOD)")
+    p.add_argument("--instance-kind", default=None, choices=["auto", "cpu", "gpu"],
+                   help="triton: instance kind (default auto: GPU for --engine, else CPU)")
+    p.add_argument("--instance-count", type=int, default=None, help="triton: instances of the model (default 1)")
     p.add_argument("--engine", default=None, help="triton: use this TensorRT engine (tensorrt_plan backend)")
     p.add_argument("--int8", action="store_true",
                    help="INT8 static quantization (ONNX Runtime QDQ; Conv/Gemm only, post-processing stays float)")
@@ -62,6 +65,10 @@ def _given_options(args: argparse.Namespace) -> set[str]:
         given.add("sizes")
     if args.model_name is not None:
         given.add("model_name")
+    if args.instance_kind is not None:
+        given.add("instance_kind")
+    if args.instance_count is not None:
+        given.add("instance_count")
     if args.engine is not None:
         given.add("engine")
     if args.int8 or any(x is not None for x in (args.calib_data, args.calib_images, args.calib_method)):
@@ -138,8 +145,9 @@ def _export(args: argparse.Namespace) -> int:
 
         if args.engine is not None and not Path(args.engine).is_file():
             raise FileNotFoundError(f"engine not found: {args.engine}")
-        name = args.model_name or Path(args.checkpoint).stem
-        model_dir = write_triton_repository(res.path, out, model_name=name, engine_path=args.engine)
+        model_dir = write_triton_repository(res.path, out, model_name=args.model_name, engine_path=args.engine,
+                                            instance_kind=args.instance_kind or "auto",
+                                            instance_count=1 if args.instance_count is None else args.instance_count)
         import shutil
 
         shutil.rmtree(out / "_staging", ignore_errors=True)
