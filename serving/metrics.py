@@ -18,6 +18,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # seconds; CPU detector inference is 20 ms .. several s
@@ -99,8 +100,6 @@ class MetricsMiddleware:
 
 def install(app: Any, models: dict[str, Any], default_model: str) -> ServiceMetrics:
     """Add /metrics, /readyz and the middleware to a FastAPI `app`; returns the metrics (app.state.metrics)."""
-    from fastapi.responses import JSONResponse, Response
-
     metrics = ServiceMetrics(list(models), default_model)
     app.state.metrics = metrics
 

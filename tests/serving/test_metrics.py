@@ -107,3 +107,8 @@ def test_two_apps_have_separate_registries(artefacts):  # type: ignore[no-untype
     a, b = create_app({"sf": pred}), create_app({"sf": pred})
     assert a.state.metrics.registry is not b.state.metrics.registry
     assert np.isclose(a.state.metrics.queue.labels(model="sf")._value.get(), 0)
+
+
+def test_openapi_lists_readyz(client):  # type: ignore[no-untyped-def]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/readyz" in paths and "/v1/detect" in paths and "/metrics" not in paths
