@@ -60,6 +60,19 @@ def _interleaved(fns: dict[str, Any], rounds: int, warmup: int = 2) -> dict[str,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _session(path: Path) -> Any:
+    """The deployed session options (verify.ort_session) without intra-op spinning: spinning ORT threads would steal
+    the cores from the eager runs interleaved with them (and from everything else on a shared machine)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     import torch
 
@@ -67,7 +80,6 @@ def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     from export.onnx import export_onnx
     from export.quant_check import check_agreement
     from export.quantize import calibration_images, check_images, quantize_int8
-    from export.verify import ort_session
     from sfdeploy.checkpoint import load_model
 
     calib = calibration_images(a.calib_data, a.calib_images)
@@ -91,7 +103,7 @@ def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         p32 = tmp / f"{cfg.detector}_{size}.onnx"
         export_onnx(model, p32, config=cfg_s, meta=ck.meta, exporter="torchscript", verify=False)
         p8 = quantize_int8(p32, tmp / f"{cfg.detector}_{size}_int8.onnx", calib, method=a.methods[0]).path
-        s32, s8 = ort_session(p32), ort_session(p8)
+        s32, s8 = _session(p32), _session(p8)
         image = _scene(size)
         x = image[None].numpy()
         with torch.no_grad():

@@ -76,6 +76,7 @@ def run_cli(argv: list[str]) -> int:
 
 def test_cli_export_verify_triton(checkpoints, tmp_path, capsys):  # type: ignore[no-untyped-def]
     ckpt = str(checkpoints["fcos"])
+    capsys.readouterr()  # the fixture's "trained fcos in ..." line when this test trains it first
     out = tmp_path / "fcos.onnx"
     assert run_cli(["export", ckpt, "--format", "onnx", "--out", str(out), "--exporter", "torchscript", "--json"]) == 0
     cap = capsys.readouterr()
