@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
                    help="INT8 static quantization (ONNX Runtime QDQ; Conv/Gemm only, post-processing stays float)")
     p.add_argument("--calib-data", default=None, help="--int8: calibration images, a DATA spec (its train split)")
     p.add_argument("--calib-images", type=int, default=None, help="--int8: number of calibration images (default 32)")
-    p.add_argument("--calib-method", default=None, choices=["minmax", "percentile", "entropy"],
-                   help="--int8: activation range estimator (default percentile)")
+    p.add_argument("--calib-method", default=None, choices=["auto", "minmax", "percentile", "entropy"],
+                   help="--int8: activation range estimator (default auto: percentile one-stage, minmax two-stage)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
     p.add_argument("--data", default=None, help="extra real images for the parity check (a DATA spec)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON on stdout")
@@ -114,7 +114,7 @@ def _export(args: argparse.Namespace) -> int:
         try:
             qres, agreement = quantize_checked(res.path, final_onnx, args.calib_data,
                                                calib_images=args.calib_images or DEFAULT_CALIB_IMAGES,
-                                               method=args.calib_method or "percentile", verify=args.verify)
+                                               method=args.calib_method or "auto", verify=args.verify)
         except AgreementError as exc:
             print(exc.report.summary(), file=sys.stderr)
             if args.json:

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("auto", "minmax", "percentile", "entropy")
+TWO_STAGE = ("faster_rcnn", "mask_rcnn")
 QUANT_OP_TYPES = ("Conv", "Gemm")  # the network; MatMul is left out: the mask paste (post-processing) uses it
 DEFAULT_CALIB_IMAGES = 32
 
@@ -40,8 +41,13 @@ class QuantizeResult:
 
 
 def calibration_images(spec: str, count: int, *, split: str = "train", images_dir: str | None = None,
-                       seed: int = 0) -> list[np.ndarray]:
-    """`count` images spread evenly over the dataset, each float32 [1,3,H,W] in [0,1] (the graph resizes itself)."""
+                       seed: int = 0, size: int | None = None) -> list[np.ndarray]:
+    """`count` images spread evenly over the dataset, each float32 [1,3,H,W] in [0,1]. With `size`, each is resized
+    to size x size: ORT's histogram calibrators (percentile, entropy) stack every tensor over the images, so all
+    activations must have one shape (the graph resizes to its own input size anyway)."""
+    import torch
+    import torch.nn.functional as F
+
     from sfdeploy.data import build_dataset
     from sfdeploy.errors import UserError
 
@@ -49,7 +55,13 @@ def calibration_images(spec: str, count: int, *, split: str = "train", images_di
     if len(ds) == 0:
         raise UserError(f"calibration data {spec!r} ({split} split) has no images")
     idx = np.unique(np.linspace(0, len(ds) - 1, num=min(count, len(ds))).round().astype(int))
-    return [ds[int(i)][0].numpy().astype(np.float32)[None] for i in idx]
+    out = []
+    for i in idx:
+        img: torch.Tensor = ds[int(i)][0][None]
+        if size is not None:
+            img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        out.append(img.numpy().astype(np.float32))
+    return out
 
 
 class _Reader:
@@ -84,7 +96,7 @@ def _method(name: str) -> Any:
 
     from sfdeploy.errors import UserError
 
-    table = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+    table = {"auto": None, "minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
              "entropy": CalibrationMethod.Entropy}
     if name not in table:
         raise UserError(f"unknown calibration method {name!r}: choose one of {', '.join(CALIBRATION_METHODS)}")
@@ -92,7 +104,7 @@ def _method(name: str) -> Any:
 
 
 def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[np.ndarray], *,
-                  calib_images: int = DEFAULT_CALIB_IMAGES, method: str = "percentile", per_channel: bool = True,
+                  calib_images: int = DEFAULT_CALIB_IMAGES, method: str = "auto", per_channel: bool = True,
                   images_dir: str | None = None, exclude: tuple[str, ...] = ()) -> QuantizeResult:
     """Quantize `onnx_in` (an sfdeploy fp32 graph) to a QDQ int8 graph at `onnx_out` (written atomically).
 
@@ -109,11 +121,20 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[n
         raise FileNotFoundError(f"ONNX file not found: {onnx_in}")
     if calib_images < 1:
         raise UserError("--calib-images must be >= 1")
-    cal_method = _method(method)
+    _method(method)  # validates the name
     t0 = time.perf_counter()
-    images = calibration_images(calib, calib_images, images_dir=images_dir) if isinstance(calib, str) else calib
     src = onnx.load(str(onnx_in))
     props = {p.key: p.value for p in src.metadata_props}
+    detector = props.get("detector", "")
+    if method == "auto":  # percentile (more accurate, docs/EXPORT.md) where ORT can collect its histograms
+        method = "minmax" if detector in TWO_STAGE else "percentile"
+    elif method != "minmax" and detector in TWO_STAGE:
+        raise UserError(f"--calib-method {method} needs activations of one shape over the calibration images; "
+                        f"{detector}'s RoI heads see a different number of boxes per image: use minmax (or auto)")
+    cal_method = _method(method)
+    side = json.loads(props.get("sfdeploy.config", "{}")).get("max_size")
+    images = calibration_images(calib, calib_images, images_dir=images_dir, size=side) if isinstance(calib, str) \
+        else calib
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quant-") as tmp:
         tmp_out = Path(tmp) / "model.int8.onnx"
@@ -152,7 +173,7 @@ def check_images(calib: str | None, sizes: tuple[int, ...] = (256, 320)) -> list
 
 
 def quantize_checked(fp32_path: str | Path, out: str | Path, calib: str, *, calib_images: int = DEFAULT_CALIB_IMAGES,
-                     method: str = "percentile", verify: bool = True, images_dir: str | None = None,
+                     method: str = "auto", verify: bool = True, images_dir: str | None = None,
                      tolerances: dict[str, float] | None = None) -> tuple[QuantizeResult, Any]:
     """quantize_int8 + (verify) the agreement check against the fp32 graph; raises AgreementError on failure (the
     quantized file is left on disk for inspection). Returns (result, AgreementReport or None)."""

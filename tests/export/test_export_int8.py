@@ -120,3 +120,31 @@ def test_unknown_calibration_method_is_a_user_error(exported, tmp_path):  # type
     with pytest.raises(UserError, match="calibration method"):
         quantize_int8(exported["retinanet"].path, tmp_path / "q.onnx", CALIB, calib_images=2, method="kl")
     assert not Path(tmp_path / "q.onnx").exists()
+
+
+def test_calibration_images_resized_to_one_shape():  # type: ignore[no-untyped-def]
+    """Histogram calibrators stack activations over images: they must all have one shape."""
+    from export.quantize import calibration_images
+
+    assert {i.shape for i in calibration_images("synthetic:6", 3, size=64)} == {(1, 3, 64, 64)}
+
+
+def test_two_stage_histogram_calibration_is_refused(tmp_path):  # type: ignore[no-untyped-def]
+    """RoI heads see a different number of boxes per image: ORT's percentile calibrator would crash inside numpy
+    (inhomogeneous shapes); a clear error instead, and auto picks minmax for two-stage detectors."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.quantize import quantize_int8
+    from sfdeploy.errors import UserError
+
+    g = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, "h", "w"])])
+    m = helper.make_model(g)
+    m.metadata_props.add(key="detector", value="mask_rcnn")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    with pytest.raises(UserError, match="minmax"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", CALIB, calib_images=2, method="percentile")
+    res = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", CALIB, calib_images=2)  # auto
+    assert res.calibration["method"] == "minmax"
