@@ -106,12 +106,13 @@ def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         s32, s8 = _session(p32), _session(p8)
         image = _scene(size)
         x = image[None].numpy()
+        fns = {"eager": lambda: model([image])} if a.eager else {}
+        fns.update({"ort_fp32": lambda: s32.run(None, {"images": x}), "ort_int8": lambda: s8.run(None, {"images": x})})
         with torch.no_grad():
-            ms = _interleaved({"eager": lambda: model([image]), "ort_fp32": lambda: s32.run(None, {"images": x}),
-                               "ort_int8": lambda: s8.run(None, {"images": x})}, a.rounds)
+            ms = _interleaved(fns, a.rounds)
         r = {**base, "kind": "latency", "size": size, **{f"{k}_ms": round(v, 1) for k, v in ms.items()},
              "int8_vs_fp32": round(ms["ort_fp32"] / ms["ort_int8"], 2),
-             "int8_vs_eager": round(ms["eager"] / ms["ort_int8"], 2),
+             "int8_vs_eager": round(ms["eager"] / ms["ort_int8"], 2) if "eager" in ms else None,
              "mb_fp32": round(p32.stat().st_size / 1e6, 1), "mb_int8": round(p8.stat().st_size / 1e6, 1),
              "loadavg": os.getloadavg()}
         rows.append(r)
@@ -120,12 +121,15 @@ def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], methods: list[str]) -> str:
-    out = ["| detector | method | backbone | px | eager ms | ORT fp32 ms | ORT int8 ms | int8 vs fp32 | int8 vs eager | MB fp32/int8 |",
+    out = ["| detector | method | backbone | px | eager ms | ORT fp32 ms | ORT int8 ms | int8 vs fp32 | int8 vs eager "
+           "| MB fp32/int8 |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] == "latency":
-            out.append(f"| {r['detector']} | {r['method']} | {r['backbone']} | {r['size']} | {r['eager_ms']:.0f} | {r['ort_fp32_ms']:.0f} | "
-                       f"{r['ort_int8_ms']:.0f} | {r['int8_vs_fp32']:.2f}x | {r['int8_vs_eager']:.2f}x | "
+            eager = f"{r['eager_ms']:.0f} | " if r.get("eager_ms") is not None else "- | "
+            vs_eager = f"{r['int8_vs_eager']:.2f}x | " if r.get("int8_vs_eager") is not None else "- | "
+            out.append(f"| {r['detector']} | {r['method']} | {r['backbone']} | {r['size']} | {eager}"
+                       f"{r['ort_fp32_ms']:.0f} | {r['ort_int8_ms']:.0f} | {r['int8_vs_fp32']:.2f}x | {vs_eager}"
                        f"{r['mb_fp32']}/{r['mb_int8']} |")
     out += ["", "| detector | method | px | graph | AP | AP50 | dets/img | dets < 0.01 /img | top-10 agreement | "
                 "max score err | max box err (x side) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-data", default="synthetic:100")
     p.add_argument("--sizes", nargs="+", type=int, default=[320, 640])
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--no-eager", dest="eager", action="store_false", help="time ONNX Runtime only (more rounds)")
     p.add_argument("--latency-only", action="store_true", help="skip the AP rows (e.g. for briefly trained models)")
     p.add_argument("--out", required=True, help="prefix of the .json/.md outputs")
     a = p.parse_args(argv)
@@ -169,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = os.getloadavg()
     Path(a.out + ".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     table = markdown(rows, a.methods)
-    Path(a.out + ".md").write_text(f"Command: `{meta['command']}`  \nMachine: {meta['machine']}, torch {meta['torch']}, "
+    Path(a.out + ".md").write_text(f"Command: `{meta['command']}`  \nMachine: {meta['machine']}, "
+                                   f"torch {meta['torch']}, "
                                    f"onnxruntime {meta['onnxruntime']}, {meta['started']}, load average "
                                    f"{meta['loadavg_start']} -> {meta['loadavg_end']}\n\n{table}\n")
     print(table)

@@ -48,7 +48,8 @@ cli_predict = main(["predict", sys.argv[1], img, "--json", sys.argv[3]])
 cli_missing = main(["predict", sys.argv[1], img + ".missing.png"])  # a user error on the slim install
 serving_attempts = list(attempts)
 cli_train = main(["train", "--model", "retinanet", "--data", "synthetic:2", "--max-steps", "1", "--out", sys.argv[4]])
-print(json.dumps({"attempts": serving_attempts, "cli_missing": cli_missing, "status": status, "cli_predict": cli_predict, "cli_train": cli_train,
+print(json.dumps({"attempts": serving_attempts, "cli_missing": cli_missing, "status": status,
+                  "cli_predict": cli_predict, "cli_train": cli_train,
                   "loaded": sorted(m for m in sys.modules if m.split(".")[0] in FULL_INSTALL_MODULES)}))
 """
 
