@@ -113,3 +113,15 @@ def test_cli_triton_options(checkpoints, tmp_path, capsys):  # type: ignore[no-u
     assert run_cli(["export", ckpt, "--out", str(tmp_path / "a.onnx"), "--instance-count", "2"]) == 2
     err = capsys.readouterr().err
     assert "--instance-count" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "a.onnx").exists()
+
+
+def test_cli_triton_int8(checkpoints, tmp_path):  # type: ignore[no-untyped-def]
+    from test_export_deploy import run_cli
+
+    repo = tmp_path / "repo"
+    assert run_cli(["export", str(checkpoints["retinanet"]), "--format", "triton", "--out", str(repo),
+                    "--exporter", "torchscript", "--int8", "--calib-data", "synthetic:8", "--calib-images", "2"]) == 0
+    model_dir = repo / "retinanet_sampling_free"
+    cfg = parse_config(model_dir / "config.pbtxt")
+    assert cfg.parameters["sfdeploy.precision"].string_value == "int8"
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx"] and not (repo / "_staging").exists()
