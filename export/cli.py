@@ -25,8 +25,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--min-size", type=int, default=None, help="TensorRT profile: smallest image side (default 32)")
     p.add_argument("--opt-size", type=int, default=None, help="TensorRT profile: side to optimise for (default 800)")
     p.add_argument("--max-size", type=int, default=None, help="TensorRT profile: largest image side (default 2048)")
-    p.add_argument("--model-name", default=None, help="triton: model name (default: the checkpoint's stem)")
+    p.add_argument("--model-name", default=None, help="triton: model name (default: DETECTOR_METHOD)")
+    p.add_argument("--instance-kind", default=None, choices=["auto", "cpu", "gpu"],
+                   help="triton: instance kind (default auto: GPU for --engine, else CPU)")
+    p.add_argument("--instance-count", type=int, default=None, help="triton: instances of the model (default 1)")
     p.add_argument("--engine", default=None, help="triton: use this TensorRT engine (tensorrt_plan backend)")
+    p.add_argument("--int8", action="store_true",
+                   help="INT8 static quantization (ONNX Runtime QDQ; Conv/Gemm only, post-processing stays float)")
+    p.add_argument("--calib-data", default=None, help="--int8: calibration images, a DATA spec (its train split)")
+    p.add_argument("--calib-images", type=int, default=None, help="--int8: number of calibration images (default 32)")
+    p.add_argument("--calib-method", default=None, choices=["auto", "minmax", "percentile", "entropy"],
+                   help="--int8: activation range estimator (default auto: percentile one-stage, minmax two-stage)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
     p.add_argument("--data", default=None, help="extra real images for the parity check (a DATA spec)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON on stdout")
@@ -56,8 +65,14 @@ def _given_options(args: argparse.Namespace) -> set[str]:
         given.add("sizes")
     if args.model_name is not None:
         given.add("model_name")
+    if args.instance_kind is not None:
+        given.add("instance_kind")
+    if args.instance_count is not None:
+        given.add("instance_count")
     if args.engine is not None:
         given.add("engine")
+    if args.int8 or any(x is not None for x in (args.calib_data, args.calib_images, args.calib_method)):
+        given.add("int8")
     return given
 
 
@@ -65,12 +80,18 @@ def _export(args: argparse.Namespace) -> int:
     from sfdeploy.errors import UserError
 
     check_options(args.format, _given_options(args))
+    if (args.calib_data is not None or args.calib_images is not None or args.calib_method is not None) \
+            and not args.int8:
+        raise UserError("--calib-data/--calib-images/--calib-method need --int8")
+    if args.int8 and not args.calib_data:
+        raise UserError("--int8 needs --calib-data DATA (calibration images from the training data)")
     from .onnx import DEFAULT_OPSET, export_onnx
     from .verify import ParityError
 
     out = Path(args.out)
-    onnx_out = out if args.format == "onnx" else (out.with_suffix(".onnx") if args.format == "tensorrt"
-                                                  else out / "_staging" / "model.onnx")
+    final_onnx = out if args.format == "onnx" else (out.with_suffix(".onnx") if args.format == "tensorrt"
+                                                    else out / "_staging" / "model.onnx")
+    onnx_out = final_onnx.with_name(final_onnx.stem + ".fp32.onnx") if args.int8 else final_onnx
     try:
         res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
                           exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data)
@@ -86,6 +107,28 @@ def _export(args: argparse.Namespace) -> int:
     if res.parity is not None:
         print(res.parity.summary(), file=sys.stderr)
     payload: dict[str, Any] = res.to_dict()
+    if args.int8:
+        from .quant_check import AgreementError
+        from .quantize import DEFAULT_CALIB_IMAGES, quantize_checked
+
+        try:
+            qres, agreement = quantize_checked(res.path, final_onnx, args.calib_data,
+                                               calib_images=args.calib_images or DEFAULT_CALIB_IMAGES,
+                                               method=args.calib_method or "auto", verify=args.verify)
+        except AgreementError as exc:
+            print(exc.report.summary(), file=sys.stderr)
+            if args.json:
+                print(json.dumps(exc.report.to_dict(), indent=2))
+            return 1
+        finally:
+            res.path.unlink(missing_ok=True)
+        print(f"quantized {qres.path} to int8 ({qres.bytes / 1e6:.1f} MB, {qres.quantized_nodes} tensors, "
+              f"{qres.calibration['images']} calibration images, {qres.seconds:.1f} s)", file=sys.stderr)
+        if agreement is not None:
+            print(agreement.summary(), file=sys.stderr)
+        payload["int8"] = {**qres.to_dict(), "agreement": agreement.to_dict() if agreement else None}
+        payload["path"] = str(qres.path)
+        res.path = qres.path
     if args.format == "tensorrt":
         from .tensorrt import build_engine, check_trt_ops
 
@@ -105,8 +148,9 @@ def _export(args: argparse.Namespace) -> int:
 
         if args.engine is not None and not Path(args.engine).is_file():
             raise FileNotFoundError(f"engine not found: {args.engine}")
-        name = args.model_name or Path(args.checkpoint).stem
-        model_dir = write_triton_repository(res.path, out, model_name=name, engine_path=args.engine)
+        model_dir = write_triton_repository(res.path, out, model_name=args.model_name, engine_path=args.engine,
+                                            instance_kind=args.instance_kind or "auto",
+                                            instance_count=1 if args.instance_count is None else args.instance_count)
         import shutil
 
         shutil.rmtree(out / "_staging", ignore_errors=True)

@@ -1,9 +1,12 @@
 """Triton Inference Server model repository from an exported ONNX graph (or a TensorRT engine built from it).
 
 Layout: <out>/<model_name>/config.pbtxt and <out>/<model_name>/1/model.onnx (onnxruntime backend) or
-1/model.plan (tensorrt backend). The graph has an explicit batch dimension of 1, so max_batch_size is 0 and
-dims are written in full ([1, 3, -1, -1]); dynamic batching is only emitted when the ONNX metadata says the
-batch is dynamic (never the case for sfdeploy's detection graphs: torchvision detectors take one image).
+1/model.plan (tensorrt backend). Default model name: `<detector>_<method>` from the graph's metadata. Instances:
+`instance_kind` "auto" (CPU for ONNX, GPU for a TensorRT plan), "cpu" or "gpu", `instance_count` of them.
+sfdeploy's detection graphs have an explicit batch dimension of 1, so max_batch_size is 0 and dims are written in
+full ([1, 3, -1, -1]). A graph whose metadata says `"batch": "dynamic"` gets max_batch_size > 0, dims without the
+batch dimension (Triton's convention) and `dynamic_batching`. config.pbtxt is Triton's `ModelConfig` protobuf in
+text format; the tests parse it with Triton's own schema (tritonclient's model_config_pb2).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 # ONNX TensorProto element type -> Triton DataType
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+DEFAULT_MAX_BATCH = 8
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32", 7: "TYPE_INT64",
                   9: "TYPE_BOOL", 2: "TYPE_UINT8", 3: "TYPE_INT8"}
 
@@ -67,45 +72,71 @@ def render_config(name: str, platform: str, inputs: list[dict[str, Any]], output
     return "\n".join(lines) + "\n"
 
 
+def default_model_name(meta: dict[str, str], fallback: str) -> str:
+    """`<detector>_<method>` (e.g. retinanet_sampling_free) when the graph says so, else `fallback`; Triton-safe."""
+    name = f"{meta['detector']}_{meta['method']}" if meta.get("detector") and meta.get("method") else fallback
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def resolve_kind(instance_kind: str, engine: bool) -> str:
+    """"auto" -> KIND_GPU for a TensorRT plan, KIND_CPU for ONNX; "cpu"/"gpu" as asked (a plan needs a GPU)."""
+    from sfdeploy.errors import UserError
+
+    if instance_kind == "auto":
+        return "KIND_GPU" if engine else "KIND_CPU"
+    if instance_kind not in INSTANCE_KINDS:
+        raise UserError(f"unknown instance kind {instance_kind!r}: choose auto, cpu or gpu")
+    if engine and instance_kind == "cpu":
+        raise UserError("a TensorRT plan runs on GPU instances only: use --instance-kind gpu (or auto)")
+    return INSTANCE_KINDS[instance_kind]
+
+
 def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model_name: str | None = None,
-                            engine_path: str | Path | None = None, instance_count: int = 1, version: int = 1,
-                            kind: str | None = None) -> Path:
+                            engine_path: str | Path | None = None, instance_count: int = 1,
+                            instance_kind: str = "auto", max_batch_size: int = DEFAULT_MAX_BATCH,
+                            version: int = 1) -> Path:
     """Write the model repository; returns the model folder. `engine_path` -> tensorrt_plan variant (GPU).
 
-    kind: the instance group's KIND_CPU / KIND_GPU; default KIND_GPU for an engine, KIND_CPU for ONNX (pass
-    KIND_GPU to run the ONNX graph with ONNX Runtime's CUDA provider inside Triton)."""
+    `instance_kind` auto|cpu|gpu: auto is KIND_GPU for an engine, KIND_CPU for ONNX (gpu runs the ONNX graph with
+    ONNX Runtime's CUDA provider inside Triton). `max_batch_size` applies only to graphs with a dynamic batch
+    dimension."""
     from sfdeploy.errors import UserError
     from sfdeploy.io import atomic_path, atomic_write_text, remove_stale_temp_files
 
-    if kind not in (None, "KIND_CPU", "KIND_GPU"):
-        raise UserError(f"Triton instance kind must be KIND_CPU or KIND_GPU, got {kind!r}")
-    if engine_path is not None and kind == "KIND_CPU":
-        raise UserError("a TensorRT engine runs on the GPU only: kind KIND_GPU")
-
     from .onnx import read_metadata
 
+    if instance_count < 1:
+        raise UserError(f"--instance-count must be >= 1, got {instance_count}")
+    if max_batch_size < 1:
+        raise UserError(f"--max-batch-size must be >= 1, got {max_batch_size}")
     onnx_path = Path(onnx_path)
     meta = read_metadata(onnx_path)
-    name = model_name or re.sub(r"[^A-Za-z0-9_.-]", "_", onnx_path.stem)
+    kind = resolve_kind(instance_kind, engine_path is not None)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name) if model_name else default_model_name(meta, onnx_path.stem)
     model_dir = Path(out_dir) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     inputs, outputs = graph_io(onnx_path)
     _fix_output_dims(outputs, "masks" in [o["name"] for o in outputs])
     batch = json.loads(meta.get("sfdeploy.input", "{}")).get("batch", 1)
     dynamic = batch == "dynamic"
+    if dynamic:  # Triton: with max_batch_size > 0 the dims leave out the batch dimension
+        for t in inputs + outputs:
+            t["dims"] = t["dims"][1:]
     keep = {k: meta[k] for k in ("class_names", "detector", "method", "score_thresh", "sfdeploy.version",
-                                 "sfdeploy.exporter") if k in meta}
+                                 "sfdeploy.exporter", "sfdeploy.precision") if k in meta}
     if engine_path is not None:
         source, target = Path(engine_path), model_dir / str(version) / "model.plan"
-        platform, kind = "tensorrt_plan", "KIND_GPU"
+        platform = "tensorrt_plan"
     else:
         source, target = onnx_path, model_dir / str(version) / "model.onnx"
-        platform, kind = "onnxruntime_onnx", kind or "KIND_CPU"
+        platform = "onnxruntime_onnx"
     remove_stale_temp_files(target.parent, name=target.name)
     remove_stale_temp_files(model_dir, name="config.pbtxt")
     with atomic_path(target) as tmp:  # Triton may be polling the repository: it never sees half a model
         shutil.copyfile(source, tmp)
-    text = render_config(name, platform, inputs, outputs, max_batch_size=0, instance_count=instance_count,
-                         kind=kind, dynamic_batching=dynamic, parameters=keep)
+    text = render_config(name, platform, inputs, outputs, max_batch_size=max_batch_size if dynamic else 0,
+                         instance_count=instance_count, kind=kind, dynamic_batching=dynamic, parameters=keep)
     atomic_write_text(model_dir / "config.pbtxt", text)
     return model_dir
+
+

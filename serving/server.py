@@ -1,4 +1,4 @@
-"""HTTP service (FastAPI + uvicorn): /healthz, /v1/models, /v1/detect.
+"""HTTP service (FastAPI + uvicorn): /healthz, /readyz, /metrics, /v1/models, /v1/detect.
 
 Every bad input is answered with a 4xx JSON body {"error": "..."}: non-image bytes, truncated files, empty
 uploads, decompression bombs and over-size images (413), over-size bodies (413), wrong field names or content
@@ -133,8 +133,10 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
             except processing.InvalidImageError as exc:
                 raise ApiError(400, str(exc)) from None
             try:
+                t_infer = time.perf_counter()
                 dets = predictor.predict_image(image, score_thresh=threshold, max_detections=max_detections,
                                                masks=masks)
+                app.state.metrics.observe_inference(name, time.perf_counter() - t_infer)
                 body = dets.to_dict(masks=masks)
             except Exception as exc:  # a backend bug: a clean JSON 500 that keeps the connection usable
                 log.exception("model %s failed on a %dx%d image", name, image.shape[1], image.shape[0])
@@ -147,6 +149,9 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
         body = await anyio.to_thread.run_sync(work, limiter=limiter(name))
         return JSONResponse(body)
 
+    from .metrics import finalize_routes, install  # /metrics, /readyz (serving/metrics.py)
+
+    finalize_routes(app, install(app, models, default_model))
     return app
 
 

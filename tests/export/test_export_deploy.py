@@ -1,147 +1,14 @@
-"""TensorRT (error path + static op check), Triton repository schema, CLI handlers, dynamo exporter."""
+"""TensorRT (error path + static op check), CLI handlers, dynamo exporter (Triton: test_export_triton.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from sfdeploy.config import DETECTORS
-
-# Triton ModelConfig (model_config.proto) fields used by a model repository config, as data:
-# field -> type; "msg" = nested message, "list[msg]" = repeated message, "enum:<allowed>" = enum value.
-TRITON_SCHEMA = {
-    "": {"name": "str", "platform": "str", "backend": "str", "max_batch_size": "int", "input": "list[ModelInput]",
-         "output": "list[ModelOutput]", "instance_group": "list[ModelInstanceGroup]",
-         "dynamic_batching": "msg[ModelDynamicBatching]", "parameters": "list[ModelParameter]",
-         "version_policy": "msg[Any]", "optimization": "msg[Any]", "default_model_filename": "str"},
-    "ModelInput": {"name": "str", "data_type": "enum:DataType", "dims": "list[int]", "format": "enum:Format",
-                   "reshape": "msg[Any]", "optional": "bool", "allow_ragged_batch": "bool"},
-    "ModelOutput": {"name": "str", "data_type": "enum:DataType", "dims": "list[int]", "reshape": "msg[Any]",
-                    "label_filename": "str", "is_shape_tensor": "bool"},
-    "ModelInstanceGroup": {"name": "str", "kind": "enum:Kind", "count": "int", "gpus": "list[int]"},
-    "ModelDynamicBatching": {"preferred_batch_size": "list[int]", "max_queue_delay_microseconds": "int",
-                             "preserve_ordering": "bool"},
-    "ModelParameter": {"key": "str", "value": "msg[ParamValue]"},
-    "ParamValue": {"string_value": "str"},
-}
-ENUMS = {"DataType": {"TYPE_BOOL", "TYPE_UINT8", "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16",
-                      "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16"},
-         "Kind": {"KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"}, "Format": {"FORMAT_NONE", "FORMAT_NCHW"}}
-PLATFORMS = {"onnxruntime_onnx", "tensorrt_plan", "pytorch_libtorch", "tensorflow_savedmodel"}
-
-
-def parse_pbtxt(text: str) -> dict:  # type: ignore[type-arg]
-    """Minimal protobuf text-format parser: returns {field: [values]} with nested dicts for messages."""
-    tokens = re.findall(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:]+', text)
-    pos = 0
-
-    def value(tok: str):  # type: ignore[no-untyped-def]
-        if tok.startswith('"'):
-            return json.loads(tok)
-        if re.fullmatch(r"-?\d+", tok):
-            return int(tok)
-        if tok in ("true", "false"):
-            return tok == "true"
-        return ("ENUM", tok)
-
-    def message(end: str | None) -> dict:  # type: ignore[type-arg]
-        nonlocal pos
-        out: dict = {}  # type: ignore[type-arg]
-        while pos < len(tokens) and tokens[pos] != end:
-            key = tokens[pos]
-            pos += 1
-            if tokens[pos] == ":":
-                pos += 1
-            tok = tokens[pos]
-            if tok == "{":
-                pos += 1
-                vals = [message("}")]
-                pos += 1
-            elif tok == "[":
-                pos += 1
-                vals = []
-                while tokens[pos] != "]":
-                    if tokens[pos] == ",":
-                        pos += 1
-                        continue
-                    if tokens[pos] == "{":
-                        pos += 1
-                        vals.append(message("}"))
-                        pos += 1
-                    else:
-                        vals.append(value(tokens[pos]))
-                        pos += 1
-                pos += 1
-            else:
-                vals = [value(tok)]
-                pos += 1
-            out.setdefault(key, []).extend(vals)
-        return out
-
-    return message(None)
-
-
-def validate(msg: dict, schema: str = "") -> None:  # type: ignore[type-arg]
-    fields = TRITON_SCHEMA[schema]
-    for key, vals in msg.items():
-        assert key in fields, f"{schema or 'ModelConfig'} has no field {key!r}"
-        kind = fields[key]
-        if not kind.startswith("list") and len(vals) != 1:
-            raise AssertionError(f"{key} is not repeated but given {len(vals)} times")
-        for v in vals:
-            base = kind[5:-1] if kind.startswith("list[") else kind
-            if base == "str":
-                assert isinstance(v, str), key
-            elif base == "int":
-                assert isinstance(v, int) and not isinstance(v, bool), key
-            elif base == "bool":
-                assert isinstance(v, bool), key
-            elif base.startswith("enum:"):
-                assert isinstance(v, tuple) and v[1] in ENUMS[base[5:]], f"{key}={v}"
-            else:
-                sub = base[4:-1] if base.startswith("msg[") else base
-                assert isinstance(v, dict), key
-                if sub != "Any":
-                    validate(v, sub)
-
-
-@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
-def test_triton_repository(detector, exported, tmp_path):  # type: ignore[no-untyped-def]
-    import onnx
-
-    from export.triton import write_triton_repository
-
-    res = exported[detector]
-    model_dir = write_triton_repository(res.path, tmp_path / "repo", model_name=f"sf_{detector}")
-    assert (model_dir / "1" / "model.onnx").is_file()
-    cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
-    validate(cfg)
-    assert cfg["name"] == [f"sf_{detector}"] and cfg["platform"][0] in PLATFORMS
-    assert cfg["platform"] == ["onnxruntime_onnx"] and cfg["max_batch_size"] == [0]
-    assert "dynamic_batching" not in cfg  # batch is fixed at 1 in the graph
-    assert cfg["instance_group"][0]["kind"] == [("ENUM", "KIND_CPU")]
-    m = onnx.load(str(model_dir / "1" / "model.onnx"))
-    assert [i["name"][0] for i in cfg["input"]] == [i.name for i in m.graph.input]
-    assert [o["name"][0] for o in cfg["output"]] == [o.name for o in m.graph.output]
-    types = {o["name"][0]: o["data_type"][0][1] for o in cfg["input"] + cfg["output"]}
-    assert types["images"] == "TYPE_FP32" and types["boxes"] == "TYPE_FP32" and types["labels"] == "TYPE_INT64"
-    dims = {o["name"][0]: o["dims"] for o in cfg["input"] + cfg["output"]}
-    assert dims["images"] == [1, 3, -1, -1] and dims["boxes"] == [-1, 4] and dims["scores"] == [-1]
-    if detector == "mask_rcnn":
-        assert dims["masks"] == [-1, 1, -1, -1]
-    params = {p["key"][0]: p["value"][0]["string_value"][0] for p in cfg["parameters"]}
-    assert params["detector"] == detector
-
-
-def test_triton_schema_check_catches_mistakes():  # type: ignore[no-untyped-def]
-    with pytest.raises(AssertionError):
-        validate(parse_pbtxt('name: "x"\nmax_batch_size: 0\ninput [ { name: "a" data_type: TYPE_FLOAT32 dims: [1] } ]'))
-    with pytest.raises(AssertionError):
-        validate(parse_pbtxt('name: "x"\nbatch_size: 0'))
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -209,6 +76,7 @@ def run_cli(argv: list[str]) -> int:
 
 def test_cli_export_verify_triton(checkpoints, tmp_path, capsys):  # type: ignore[no-untyped-def]
     ckpt = str(checkpoints["fcos"])
+    capsys.readouterr()  # the fixture's "trained fcos in ..." line when this test trains it first
     out = tmp_path / "fcos.onnx"
     assert run_cli(["export", ckpt, "--format", "onnx", "--out", str(out), "--exporter", "torchscript", "--json"]) == 0
     cap = capsys.readouterr()

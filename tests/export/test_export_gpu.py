@@ -34,22 +34,11 @@ def _tiny_onnx(path):
     return path
 
 
-@pytest.mark.parametrize("kind", [None, "KIND_CPU", "KIND_GPU"])
-def test_triton_onnx_instance_kind(tmp_path, kind):
+@pytest.mark.parametrize("kind,expected", [("auto", "KIND_CPU"), ("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
+def test_triton_onnx_instance_kind(tmp_path, kind, expected):
     from export.triton import write_triton_repository
 
-    model_dir = write_triton_repository(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "repo", model_name="m", kind=kind)
+    model_dir = write_triton_repository(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "repo", model_name="m",
+                                        instance_kind=kind)
     text = (model_dir / "config.pbtxt").read_text()
-    assert f"kind: {kind or 'KIND_CPU'}" in text and 'platform: "onnxruntime_onnx"' in text
-
-
-def test_triton_kind_errors(tmp_path):
-    from export.triton import write_triton_repository
-
-    onnx_path = _tiny_onnx(tmp_path / "m.onnx")
-    with pytest.raises(UserError, match="KIND_CPU or KIND_GPU"):
-        write_triton_repository(onnx_path, tmp_path / "repo", kind="GPU")
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"x")
-    with pytest.raises(UserError, match="GPU only"):
-        write_triton_repository(onnx_path, tmp_path / "repo", engine_path=engine, kind="KIND_CPU")
+    assert f"kind: {expected}" in text and 'platform: "onnxruntime_onnx"' in text

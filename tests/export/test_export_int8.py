@@ -1,0 +1,150 @@
+"""INT8 static quantization (ONNX Runtime QDQ): what is quantized, what stays float, agreement with fp32, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CALIB = "synthetic:8"
+TINY_MODEL_TOLERANCES = {"score": 0.2, "box_rel": 0.1}
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """detector -> (fp32 path, int8 path, QuantizeResult), quantized lazily with 4 calibration images."""
+    from export.quantize import quantize_int8
+
+    root = tmp_path_factory.mktemp("int8")
+
+    class _Lazy(dict):  # type: ignore[type-arg]
+        def __missing__(self, detector: str):  # type: ignore[no-untyped-def]
+            fp32 = exported[detector].path
+            res = quantize_int8(fp32, root / f"{detector}.int8.onnx", CALIB, calib_images=4)
+            self[detector] = (fp32, res.path, res)
+            return self[detector]
+
+    return _Lazy()
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos"])
+def test_int8_graph_quantizes_the_network_only(detector, quantized):  # type: ignore[no-untyped-def]
+    import onnx
+
+    fp32, int8, res = quantized[detector]
+    m = onnx.load(str(int8))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    dq_of = {n.input[0]: n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    quants = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert res.quantized_nodes == len(quants) > 10
+    for q in quants:  # every quantized tensor is a Conv/Gemm input or output, nothing of the post-processing
+        made_by = producers[q.input[0]].op_type if q.input[0] in producers else "graph input"
+        used_by = consumers.get(dq_of.get(q.output[0], ""), [])
+        assert made_by in ("Conv", "Gemm") or {"Conv", "Gemm"} & set(used_by), (q.name, made_by, used_by)
+    # post-processing is float: NMS reads float boxes/scores that no DequantizeLinear produces directly
+    nms = [n for n in m.graph.node if n.op_type == "NonMaxSuppression"]
+    assert nms and all(producers[n.input[0]].op_type != "DequantizeLinear" for n in nms if n.input[0] in producers)
+    props = {p.key: p.value for p in m.metadata_props}
+    fp32_props = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    assert props["sfdeploy.precision"] == "int8" and json.loads(props["sfdeploy.quantization"])["images"] == 4
+    assert {k: props[k] for k in fp32_props} == fp32_props  # the fp32 metadata survives
+    assert int8.stat().st_size < 0.4 * fp32.stat().st_size  # int8 weights
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos"])
+def test_int8_agrees_with_fp32_and_serves(detector, quantized):  # type: ignore[no-untyped-def]
+    from export.quant_check import check_agreement
+    from export.quantize import check_images
+    from serving import load
+
+    fp32, int8, _ = quantized[detector]
+    # 20-step models calibrated on 4 images: looser score/box bounds than the trained-model defaults, same agreement
+    report = check_agreement(fp32, int8, check_images(None, sizes=(256,)), tolerances=TINY_MODEL_TOLERANCES)
+    assert report.passed, report.summary()
+    assert report.reference_detections >= 20 and report.agreement >= 0.9 and 0 < report.max_score_error
+    pred = load(int8, backend="onnxruntime")
+    det = pred.predict(np.zeros((96, 128, 3), dtype=np.uint8) + 120)
+    assert det.boxes.dtype == np.float32 and det.scores.dtype == np.float32 and det.image_size == (96, 128)
+    assert pred.metadata["raw"]["sfdeploy.precision"] == "int8"
+
+
+def test_agreement_check_catches_a_wrong_graph(quantized):  # type: ignore[no-untyped-def]
+    """fcos int8 vs retinanet fp32: different models must not pass the agreement check."""
+    from export.quant_check import check_agreement
+    from export.quantize import check_images
+
+    report = check_agreement(quantized["retinanet"][0], quantized["fcos"][1], check_images(None, sizes=(256,)))
+    assert not report.passed and report.agreement < 0.9 and "agreement" in report.summary()
+
+
+def test_calibration_images_come_from_the_data():  # type: ignore[no-untyped-def]
+    from export.quantize import calibration_images
+
+    imgs = calibration_images("synthetic:10", 4)
+    assert len(imgs) == 4 and all(i.dtype == np.float32 and i.shape[:2] == (1, 3) for i in imgs)
+    assert 0.0 <= min(float(i.min()) for i in imgs) and max(float(i.max()) for i in imgs) <= 1.0
+    assert not np.array_equal(imgs[0], imgs[-1])
+
+
+def test_cli_int8(checkpoints, tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from test_export_deploy import run_cli
+
+    ckpt = str(checkpoints["retinanet"])
+    out = tmp_path / "r.onnx"
+    assert run_cli(["export", ckpt, "--out", str(out), "--exporter", "torchscript", "--int8", "--calib-data", CALIB,
+                    "--calib-images", "4", "--json"]) == 0
+    cap = capsys.readouterr()
+    payload = json.loads(cap.out)
+    assert payload["path"] == str(out) and payload["int8"]["agreement"]["passed"]
+    assert "int8 agreement PASSED" in cap.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.onnx"]  # the fp32 intermediate is removed
+    # option errors: one line, exit 2, nothing written
+    for argv, words in ((["--int8"], "--calib-data"), (["--calib-data", CALIB], "--int8"),
+                        (["--int8", "--calib-data", CALIB, "--format", "tensorrt"], "--int8")):
+        assert run_cli(["export", ckpt, "--out", str(tmp_path / "x.onnx"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_unknown_calibration_method_is_a_user_error(exported, tmp_path):  # type: ignore[no-untyped-def]
+    from export.quantize import quantize_int8
+    from sfdeploy.errors import UserError
+
+    with pytest.raises(UserError, match="calibration method"):
+        quantize_int8(exported["retinanet"].path, tmp_path / "q.onnx", CALIB, calib_images=2, method="kl")
+    assert not Path(tmp_path / "q.onnx").exists()
+
+
+def test_calibration_images_resized_to_one_shape():  # type: ignore[no-untyped-def]
+    """Histogram calibrators stack activations over images: they must all have one shape."""
+    from export.quantize import calibration_images
+
+    assert {i.shape for i in calibration_images("synthetic:6", 3, size=64)} == {(1, 3, 64, 64)}
+
+
+def test_two_stage_histogram_calibration_is_refused(tmp_path):  # type: ignore[no-untyped-def]
+    """RoI heads see a different number of boxes per image: ORT's percentile calibrator would crash inside numpy
+    (inhomogeneous shapes); a clear error instead, and auto picks minmax for two-stage detectors."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.quantize import quantize_int8
+    from sfdeploy.errors import UserError
+
+    g = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, "h", "w"])])
+    m = helper.make_model(g)
+    m.metadata_props.add(key="detector", value="mask_rcnn")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    with pytest.raises(UserError, match="minmax"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", CALIB, calib_images=2, method="percentile")
+    res = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", CALIB, calib_images=2)  # auto
+    assert res.calibration["method"] == "minmax"
