@@ -74,8 +74,9 @@ def test_core_dependencies_are_the_slim_runtime():  # type: ignore[no-untyped-de
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
     full = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["optional-dependencies"]["full"]}
-    assert core == {"numpy", "pillow", "pyyaml", "tqdm", "onnxruntime"}
+    assert core == {"numpy", "pillow", "pyyaml", "tqdm"}  # ONNX Runtime: the `cpu` or the `gpu` extra, never both
     assert {"torch", "torchvision", "onnx"} <= full
+    assert project["optional-dependencies"]["cpu"] == ["onnxruntime>=1.18"]
     assert any("full" in d for d in project["optional-dependencies"]["dev"])  # CI installs everything
 
 
