@@ -82,6 +82,8 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     if engine_path is not None and kind == "KIND_CPU":
         raise UserError("a TensorRT engine runs on the GPU only: kind KIND_GPU")
 
+    from sfdeploy.artefact import parse_metadata, triton_parameters
+
     from .onnx import read_metadata
 
     onnx_path = Path(onnx_path)
@@ -91,10 +93,9 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     inputs, outputs = graph_io(onnx_path)
     _fix_output_dims(outputs, "masks" in [o["name"] for o in outputs])
-    batch = json.loads(meta.get("sfdeploy.input", "{}")).get("batch", 1)
+    batch = parse_metadata(meta)["input"].get("batch", 1)
     dynamic = batch == "dynamic"
-    keep = {k: meta[k] for k in ("class_names", "detector", "method", "score_thresh", "sfdeploy.version",
-                                 "sfdeploy.exporter") if k in meta}
+    keep = triton_parameters(meta)  # the artefact's whole contract metadata
     if engine_path is not None:
         source, target = Path(engine_path), model_dir / str(version) / "model.plan"
         platform, kind = "tensorrt_plan", "KIND_GPU"
