@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..models.table import DETECTOR_TABLE
 
 # Bump when the counting rule changes: cached priors computed by an older rule are then ignored.
 METHOD_VERSION = "prior-v1"
@@ -109,7 +110,7 @@ class _Counter:
 
     def __init__(self, cfg: ModelConfig, model: torch.nn.Module):
         self.cfg = cfg
-        self.kind = "fcos" if cfg.detector == "fcos" else ("rpn" if cfg.is_two_stage else "retinanet")
+        self.kind = DETECTOR_TABLE[cfg.detector].matching  # "retinanet" | "fcos" | "rpn"
         if self.kind == "rpn":
             self.anchor_generator = model.rpn.anchor_generator
             self.matcher = model.rpn.proposal_matcher
