@@ -37,6 +37,7 @@ from sfdeploy.io import atomic_write_text  # noqa: E402 - artefacts: temp file +
 import torch  # noqa: E402
 
 from benchmarks.train_cost import machine_info, make_batch, make_model  # noqa: E402
+from sfdeploy.models.table import DETECTORS, ONE_STAGE  # noqa: E402
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -129,7 +130,7 @@ def count_rois(models: dict, images, targets, proposals: list[torch.Tensor]) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--detectors", nargs="+", default=["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
+    p.add_argument("--detectors", nargs="+", default=list(DETECTORS))
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--batch", type=int, default=2)
@@ -152,7 +153,7 @@ def main() -> None:
     for det in args.detectors:
         images, targets = make_batch(det, args.size, args.batch, device)
         models = {m: make_model(det, m, args.backbone, args.size, device) for m in ("baseline", "sampling_free")}
-        parts = one_stage_parts(det, models, images, targets) if det in ("retinanet", "fcos") else \
+        parts = one_stage_parts(det, models, images, targets) if det in ONE_STAGE else \
             two_stage_parts(det, models, images, targets)
         counts = parts.pop("_counts", {})
         if args.no_trained:

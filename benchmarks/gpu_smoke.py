@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sfdeploy.config import ModelConfig  # noqa: E402
+from sfdeploy.models.table import DETECTOR_TABLE, DETECTORS  # noqa: E402
 
-DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 METHODS = ("baseline", "sampling_free")
 STEP_MODES = ("fp32", "tf32", "fp16", "bf16", "bf16_channels_last")
 
@@ -136,7 +136,7 @@ def check_amp_losses(plan: Plan, device: torch.device, modes: tuple[str, ...]) -
             model = build_model(model_config(plan, det, "sampling_free"), load_backbone_weights=False).to(device)
             keep_geometry_fp32(model)
             model.train()
-            images, targets = _batch(plan, device, det == "mask_rcnn")
+            images, targets = _batch(plan, device, DETECTOR_TABLE[det].has_masks)
             with torch.autocast(device_type=device.type, dtype=dtype):
                 losses = model(images, targets)
             dtypes = {k: str(v.dtype).replace("torch.", "") for k, v in losses.items()}

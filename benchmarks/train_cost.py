@@ -43,6 +43,7 @@ from sfdeploy.data import build_dataset, collate  # noqa: E402
 from sfdeploy.data.synthetic import CLASS_NAMES  # noqa: E402
 from sfdeploy.data.transforms import train_transforms  # noqa: E402
 from sfdeploy.models import build_model  # noqa: E402
+from sfdeploy.models.table import DETECTOR_TABLE, DETECTORS, TWO_STAGE  # noqa: E402
 
 TARGET = {"retinanet": 1.05, "fcos": 1.05, "faster_rcnn": 1.07, "mask_rcnn": 1.07}
 
@@ -73,7 +74,7 @@ def make_batch(detector: str, size: int, batch: int, device: torch.device, aspec
     """The first `batch` training images of `data` (default: synthetic), `size` px high and `size * aspect` wide
     (e.g. 800 x 1333: the paper's shape)."""
     ds = build_dataset(data or f"synthetic:{batch}", split="train", seed=0, images_dir=images_dir,
-                       transforms=train_transforms(size, size, flip=False), with_masks=detector == "mask_rcnn")
+                       transforms=train_transforms(size, size, flip=False), with_masks=DETECTOR_TABLE[detector].has_masks)
     images, targets = collate([ds[i] for i in range(batch)])
     if aspect != 1.0:
         images, targets = _stretch(images, targets, aspect)
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace) -> dict:
                "target": TARGET[det]}
         print(f"[{det}] step ms {row['step_ms']} ratio {row['time_ratio']} (pairwise {row['time_ratio_pairwise_median']})",
               file=sys.stderr, flush=True)
-        if det in ("faster_rcnn", "mask_rcnn"):
+        if det in TWO_STAGE:
             row["rois"] = {m: roi_counts(models[m][0], images, targets) for m in models}
             if args.profile:
                 row["stage_forward_ms"] = {m: stage_times(models[m][0], images, targets) for m in models}
@@ -353,7 +354,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--detectors", nargs="+", default=["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
+    p.add_argument("--detectors", nargs="+", default=list(DETECTORS))
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--size", type=int, default=320, help="image height (shorter side) and the model's min_size")
     p.add_argument("--max-size", type=int, help="the model's max_size (default: --size)")

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sfdeploy.models.table import DETECTORS
+
 
 def _median_ms(fn: Any, runs: int, warmup: int = 2) -> float:
     for _ in range(warmup):
@@ -163,7 +165,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", default=[], help="trained checkpoints (else random-init models)")
-    p.add_argument("--detectors", nargs="+", default=["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
+    p.add_argument("--detectors", nargs="+", default=list(DETECTORS))
     p.add_argument("--sizes", nargs="+", type=int, default=[320, 640])
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--backbone", default="resnet18")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sfdeploy import artefact
 from sfdeploy.io import atomic_path, remove_stale_temp_files
 
 from .verify import DEFAULT_SIZES, ParityError, ParityReport, verify_onnx
@@ -42,34 +42,12 @@ class ExportResult:
 
 
 def output_names(config: Any) -> list[str]:
-    return ["boxes", "scores", "labels"] + (["masks"] if config.has_masks else [])
+    return artefact.output_names(config.has_masks)
 
 
 def build_metadata(config: Any, meta: dict[str, Any], exporter: str, opset: int, nms: str) -> dict[str, str]:
-    """metadata_props per docs/CONTRACTS.md (all values strings)."""
-    from sfdeploy import __version__
-
-    outs = [{"name": "boxes", "dtype": "float32", "shape": ["N", 4], "format": "xyxy", "units": "input pixels"},
-            {"name": "scores", "dtype": "float32", "shape": ["N"]},
-            {"name": "labels", "dtype": "int64", "shape": ["N"], "range": [1, config.num_classes]}]
-    if config.has_masks:
-        outs.append({"name": "masks", "dtype": "float32", "shape": ["N", 1, "H", "W"], "range": [0, 1]})
-    return {
-        "sfdeploy.config": json.dumps(config.to_dict()),
-        "sfdeploy.meta": json.dumps(meta, default=str),
-        "sfdeploy.version": __version__,
-        "sfdeploy.exporter": exporter,
-        "sfdeploy.opset": str(opset),
-        "sfdeploy.nms": nms,
-        "sfdeploy.input": json.dumps({"name": "images", "layout": "NCHW", "dtype": "float32", "range": [0, 1],
-                                      "color": "RGB", "batch": 1, "shape": [1, 3, "H", "W"]}),
-        "sfdeploy.outputs": json.dumps(outs),
-        "class_names": json.dumps(list(config.class_names)),
-        "category_ids": json.dumps([config.category_id(k) for k in range(1, config.num_classes + 1)]),
-        "detector": config.detector,
-        "method": config.method,
-        "score_thresh": repr(float(config.effective_score_thresh)),
-    }
+    """metadata_props per docs/CONTRACTS.md (all values strings), built by sfdeploy.artefact."""
+    return artefact.build_metadata(config, meta, exporter=exporter, opset=opset, nms=nms)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -143,7 +143,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
 
     The default profile (32..2048 px per side) covers every image the predictor sends with its default max side."""
     from sfdeploy.errors import UserError
-    from sfdeploy.io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
+    from sfdeploy.io import atomic_write_bytes, remove_stale_temp_files
 
     trt = _require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out_path)
@@ -183,12 +183,19 @@ def build_engine(onnx_path: str | Path, out_path: str | Path, *, fp16: bool = Fa
         remove_stale_temp_files(target.parent, name=target.name)
     atomic_write_bytes(out, bytes(serialized))
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    from .onnx import read_metadata
-
-    meta = dict(read_metadata(onnx_path))
-    meta.update({"sfdeploy.tensorrt": json.dumps({
+    write_sidecar(sidecar, onnx_path, {
         "version": trt.__version__, "fp16": fp16, "precision": mode,
         "profile": {"min": min_size, "opt": opt_size, "max": max_size},
-        "workspace_gb": workspace_gb, "build_seconds": round(time.perf_counter() - t0, 2), "onnx": onnx_path.name})})
-    atomic_write_text(sidecar, json.dumps(meta, indent=2))
+        "workspace_gb": workspace_gb, "build_seconds": round(time.perf_counter() - t0, 2), "onnx": onnx_path.name})
     return out
+
+
+def write_sidecar(sidecar: str | Path, onnx_path: str | Path, tensorrt: dict[str, Any]) -> Path:
+    """Write `X.engine.json` (atomic): the ONNX graph's metadata plus `sfdeploy.tensorrt` (sfdeploy.artefact)."""
+    from sfdeploy.artefact import tensorrt_sidecar
+    from sfdeploy.io import atomic_write_text
+
+    from .onnx import read_metadata
+
+    atomic_write_text(sidecar, json.dumps(tensorrt_sidecar(read_metadata(onnx_path), tensorrt), indent=2))
+    return Path(sidecar)

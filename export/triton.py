@@ -103,6 +103,8 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     from sfdeploy.errors import UserError
     from sfdeploy.io import atomic_path, atomic_write_text, remove_stale_temp_files
 
+    from sfdeploy.artefact import parse_metadata, triton_parameters
+
     from .onnx import read_metadata
 
     if instance_count < 1:
@@ -117,13 +119,12 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     inputs, outputs = graph_io(onnx_path)
     _fix_output_dims(outputs, "masks" in [o["name"] for o in outputs])
-    batch = json.loads(meta.get("sfdeploy.input", "{}")).get("batch", 1)
+    batch = parse_metadata(meta)["input"].get("batch", 1)
     dynamic = batch == "dynamic"
     if dynamic:  # Triton: with max_batch_size > 0 the dims leave out the batch dimension
         for t in inputs + outputs:
             t["dims"] = t["dims"][1:]
-    keep = {k: meta[k] for k in ("class_names", "detector", "method", "score_thresh", "sfdeploy.version",
-                                 "sfdeploy.exporter", "sfdeploy.precision") if k in meta}
+    keep = triton_parameters(meta)  # the artefact's whole contract metadata
     if engine_path is not None:
         source, target = Path(engine_path), model_dir / str(version) / "model.plan"
         platform = "tensorrt_plan"

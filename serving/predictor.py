@@ -7,7 +7,6 @@ A backend only implements `_infer(tensor [1,3,h,w] float32 in [0,1]) -> {"boxes"
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from sfdeploy import processing
+from sfdeploy.artefact import build_metadata
+from sfdeploy.artefact import checkpoint_metadata, config_from_metadata, parse_metadata  # noqa: F401  (old import path)
 from sfdeploy.config import ModelConfig
 from sfdeploy.masks import BoxMasks
 
@@ -87,52 +88,6 @@ class Detections:
                 rec["segmentation"] = rles[i]
             out.append(rec)
         return out
-
-
-# -- artefact metadata --------------------------------------------------------------------------------
-def parse_metadata(props: dict[str, Any]) -> dict[str, Any]:
-    """Decode the contract's metadata_props (JSON strings) into Python values; unknown keys kept as is.
-
-    Returns {"config": dict, "meta": dict, "version", "exporter", "input": dict, "outputs": list,
-    "class_names": list, "detector", "method", "score_thresh", "raw": props}.
-    """
-    def _json(key: str, default: Any) -> Any:
-        value = props.get(key)
-        if value is None:
-            return default
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError:
-                return value
-        return value
-
-    out = {
-        "config": _json("sfdeploy.config", None),
-        "meta": _json("sfdeploy.meta", {}) or {},
-        "version": props.get("sfdeploy.version"),
-        "exporter": props.get("sfdeploy.exporter"),
-        "input": _json("sfdeploy.input", {}) or {},
-        "outputs": _json("sfdeploy.outputs", []) or [],
-        "class_names": _json("class_names", None),
-        "detector": props.get("detector"),
-        "method": props.get("method"),
-        "score_thresh": _json("score_thresh", None),
-        "raw": dict(props),
-    }
-    return out
-
-
-def config_from_metadata(md: dict[str, Any], source: str) -> ModelConfig:
-    from sfdeploy.errors import UserError
-    from sfdeploy.config import ConfigError
-
-    if not isinstance(md.get("config"), dict):
-        raise UserError(f"{source} has no 'sfdeploy.config' metadata; export it with `sfdeploy export`")
-    try:
-        return ModelConfig.from_artefact(md["config"])
-    except ConfigError as exc:
-        raise UserError(f"{source}: invalid 'sfdeploy.config' metadata: {exc}") from None
 
 
 # -- predictor -----------------------------------------------------------------------------------------
@@ -235,43 +190,6 @@ def _is_batched(images: Any) -> bool:
 
 
 def build_metadata_props(config: ModelConfig, meta: dict[str, Any] | None, *, exporter: str = "torchscript",
-                         batch: str = "1", has_masks: bool | None = None) -> dict[str, str]:
-    """The contract's metadata dict (str -> str) for an artefact of `config` (export may reuse it)."""
-    from sfdeploy import __version__
-
-    masks = config.has_masks if has_masks is None else has_masks
-    outputs = ["boxes", "scores", "labels"] + (["masks"] if masks else [])
-    return {
-        "sfdeploy.config": json.dumps(config.to_dict()),
-        "sfdeploy.meta": json.dumps(_jsonable(meta or {})),
-        "sfdeploy.version": __version__,
-        "sfdeploy.exporter": exporter,
-        "sfdeploy.input": json.dumps({"name": "images", "layout": "NCHW", "dtype": "float32", "range": [0, 1],
-                                      "color": "RGB", "batch": batch}),
-        "sfdeploy.outputs": json.dumps(outputs),
-        "class_names": json.dumps(list(config.class_names)),
-        "category_ids": json.dumps([config.category_id(k) for k in range(1, config.num_classes + 1)]),
-        "detector": config.detector,
-        "method": config.method,
-        "score_thresh": json.dumps(config.effective_score_thresh),
-    }
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
-        return x.item()
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
-
-
-def checkpoint_metadata(config: ModelConfig, meta: dict[str, Any]) -> dict[str, Any]:
-    """Metadata of a checkpoint in the same shape as an exported artefact's (parse_metadata of the props)."""
-    md = parse_metadata(build_metadata_props(config, meta, exporter="none"))
-    md["exporter"] = None
-    return md
-
+                         batch: int | str = 1, has_masks: bool | None = None) -> dict[str, str]:
+    """The contract's metadata dict (str -> str) for an artefact of `config` (sfdeploy.artefact builds it)."""
+    return build_metadata(config, meta, exporter=exporter, batch=batch, has_masks=has_masks)

@@ -9,11 +9,10 @@ from typing import Any
 
 import yaml
 
-DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+from .models.table import DETECTOR_TABLE, DETECTORS, ONE_STAGE, TWO_STAGE  # noqa: F401  (re-exported)
+
 METHODS = ("baseline", "ce", "sampling_free")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_lite0")
-ONE_STAGE = ("retinanet", "fcos")
-TWO_STAGE = ("faster_rcnn", "mask_rcnn")
 
 # Sampling-Free scores are calibrated to the true foreground rate, so they are small (paper sec. 3):
 # a baseline threshold of 0.05 would throw away most correct detections.
@@ -125,16 +124,16 @@ class ModelConfig:
 
     @property
     def is_two_stage(self) -> bool:
-        return self.detector in TWO_STAGE
+        return DETECTOR_TABLE[self.detector].two_stage
 
     @property
     def has_masks(self) -> bool:
-        return self.detector == "mask_rcnn"
+        return DETECTOR_TABLE[self.detector].has_masks
 
     @property
     def prior_heads(self) -> tuple[str, ...]:
         """Heads whose classifier bias gets the optimal prior (sigmoid classifiers only)."""
-        return ("rpn",) if self.is_two_stage else ("cls",)
+        return DETECTOR_TABLE[self.detector].prior_heads
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -188,7 +187,7 @@ class ModelConfig:
         if self.mask_positives_per_image is not None:
             if self.mask_positives_per_image < 1:
                 raise ConfigError(f"mask_positives_per_image must be >= 1, got {self.mask_positives_per_image}")
-            if self.detector != "mask_rcnn" or self.method == "baseline":
+            if not self.has_masks or self.method == "baseline":
                 raise ConfigError("mask_positives_per_image applies to mask_rcnn trained with 'ce'/'sampling_free' "
                                   "(the baseline's sampler already caps positives at 128 per image)")
 

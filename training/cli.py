@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sfdeploy.models.table import DETECTORS
+
 EXIT_DIVERGED = 4
 
 
@@ -52,7 +54,7 @@ def _register_train(sub: Any) -> None:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=("retinanet", "fcos", "faster_rcnn", "mask_rcnn"), help="detector")
+    m.add_argument("--model", choices=DETECTORS, help="detector")
     m.add_argument("--method", choices=("baseline", "ce", "sampling_free"), help="training method")
     m.add_argument("--backbone", help="resnet18|resnet34|resnet50|mobilenet_v3_large|efficientnet_lite0")
     m.add_argument("--backbone-weights", help="'imagenet' (offline, where available) or a state-dict path")

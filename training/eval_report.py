@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import _coco_classes, _empty_results, _index, _resolve_backend, format_metrics
+from .coco_scoring import _coco_classes, _empty_results, _index, _resolve_backend
+from .evaluate import format_metrics
 
 MATCH_IOU = 0.5
 

@@ -8,7 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..predictor import Predictor, config_from_metadata, parse_metadata
+from sfdeploy.artefact import config_from_metadata, parse_metadata
+
+from ..predictor import Predictor
 
 # TensorRT's provider is opt-in (providers=[...]): it builds an engine per new input shape range, minutes at first.
 PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")

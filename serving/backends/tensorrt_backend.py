@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..predictor import Predictor, config_from_metadata, parse_metadata
+from sfdeploy.artefact import config_from_metadata, parse_metadata
+
+from ..predictor import Predictor
 from .trt_runtime import Profile, check, execute, fit_to_profile
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfdeploy.artefact import checkpoint_metadata
 from sfdeploy.checkpoint import load_model
 
-from ..predictor import Predictor, checkpoint_metadata
+from ..predictor import Predictor
 
 
 class TorchPredictor(Predictor):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sfdeploy.models.table import LABELS
+
 ENV_MODELS = "SFDEPLOY_MODELS"
 DEFAULT_MODELS_DIR = "runs/quickstart"
 BACKEND_LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
-FAMILY_LABELS = {"retinanet": "RetinaNet", "fcos": "FCOS", "faster_rcnn": "Faster R-CNN", "mask_rcnn": "Mask R-CNN"}
+FAMILY_LABELS = dict(LABELS)  # display names from the detector table
 FAMILY_ORDER = tuple(FAMILY_LABELS)
 ROLES = ("baseline", "sampling_free")
 ROLE_LABELS = {"baseline": "Baseline", "sampling_free": "Sampling-Free"}

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
+from sfdeploy.models.table import DETECTORS
 from training.evaluate_cli import _positive
 
 from .quickstart import DEFAULT_BUDGET, FAST_BUDGET, quickstart
 
-DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -19,9 +21,10 @@ from ..sampling_free.heads import (
     set_rpn_prior,
 )
 from .backbones import build_fpn_backbone, input_normalisation
+from .table import DETECTOR_TABLE, DetectorSpec, detector_spec
 
 # The authors' fixed priors (their later release), used when a config has no prior estimated from data.
-FIXED_PRIORS = {"retinanet": 1e-5, "fcos": 1e-4, "faster_rcnn": 2e-4, "mask_rcnn": 2e-4}
+FIXED_PRIORS = {name: spec.fixed_prior for name, spec in DETECTOR_TABLE.items()}
 # torchvision's RPN objectness bias is 0 (pi = 0.5): the "baseline initialisation" of the R-CNNs.
 RPN_BASELINE_PRIOR = 0.5
 NUM_LEVELS = 5
@@ -63,28 +66,41 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
     )
     mean, std = input_normalisation(cfg.backbone)
     common = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(mean), image_std=list(std))
-    focal = cfg.method == "baseline"
-    guided = cfg.uses_guided_scaling
-    prior = resolved_prior(cfg)
-    score_thresh = cfg.effective_score_thresh
-    form = dict(guided_form=cfg.guided_form, freeze_after=cfg.guide_freeze_steps)
+    spec = detector_spec(cfg.detector)
+    return _BUILDERS[spec.builder](cfg, backbone, spec, resolved_prior(cfg), common)
 
-    if cfg.detector == "retinanet":
-        anchors = retinanet_anchor_generator(cfg.anchor_base_size)
-        head = SFRetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
-                               focal=focal, guided=guided, prior=prior, **form)
-        model = SFRetinaNet(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=score_thresh,
-                            nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img, **common)
-        model.box_coder = head.box_coder  # decode with the weights the loss encoded with
-        return model
 
-    if cfg.detector == "fcos":
-        anchors = fcos_anchor_generator()
-        head = SFFCOSHead(backbone.out_channels, 1, cfg.num_classes, focal=focal, guided=guided, prior=prior, **form)
-        return SFFCOS(backbone, cfg.num_classes, anchor_generator=anchors, head=head, score_thresh=score_thresh,
-                      nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img, **common)
+def _head_options(cfg: ModelConfig) -> dict[str, Any]:
+    """The one-stage heads' loss options: focal (baseline) or Sampling-Free, guided scaling and its form."""
+    return dict(focal=cfg.method == "baseline", guided=cfg.uses_guided_scaling, guided_form=cfg.guided_form,
+                freeze_after=cfg.guide_freeze_steps)
 
-    detector_cls = MaskRCNN if cfg.detector == "mask_rcnn" else FasterRCNN
+
+def build_retinanet(cfg: ModelConfig, backbone: nn.Module, spec: DetectorSpec, prior: float,
+                    common: dict[str, Any]) -> nn.Module:
+    anchors = retinanet_anchor_generator(cfg.anchor_base_size)
+    head = SFRetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
+                           prior=prior, **_head_options(cfg))
+    model = SFRetinaNet(backbone, cfg.num_classes, anchor_generator=anchors, head=head,
+                        score_thresh=cfg.effective_score_thresh, nms_thresh=cfg.nms_thresh,
+                        detections_per_img=cfg.detections_per_img, **common)
+    model.box_coder = head.box_coder  # decode with the weights the loss encoded with
+    return model
+
+
+def build_fcos(cfg: ModelConfig, backbone: nn.Module, spec: DetectorSpec, prior: float,
+               common: dict[str, Any]) -> nn.Module:
+    anchors = fcos_anchor_generator()
+    head = SFFCOSHead(backbone.out_channels, 1, cfg.num_classes, prior=prior, **_head_options(cfg))
+    return SFFCOS(backbone, cfg.num_classes, anchor_generator=anchors, head=head,
+                  score_thresh=cfg.effective_score_thresh, nms_thresh=cfg.nms_thresh,
+                  detections_per_img=cfg.detections_per_img, **common)
+
+
+def build_rcnn(cfg: ModelConfig, backbone: nn.Module, spec: DetectorSpec, prior: float,
+               common: dict[str, Any]) -> nn.Module:
+    """Faster R-CNN, or Mask R-CNN when the table row has masks."""
+    detector_cls = MaskRCNN if spec.has_masks else FasterRCNN
     model = detector_cls(
         backbone,
         num_classes=cfg.num_classes + 1,  # + background, torchvision's convention for R-CNNs
@@ -94,26 +110,30 @@ def build_model(cfg: ModelConfig, load_backbone_weights: bool = True) -> nn.Modu
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=1000,
         rpn_post_nms_top_n_test=1000,
-        box_score_thresh=score_thresh,
+        box_score_thresh=cfg.effective_score_thresh,
         box_nms_thresh=cfg.nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
         **common,
     )
-    if cfg.detector == "mask_rcnn" and cfg.mask_head_channels != 256:  # 256: torchvision's own head, as before
+    if spec.has_masks and cfg.mask_head_channels != 256:  # 256: torchvision's own head, as before
         width = cfg.mask_head_channels
         model.roi_heads.mask_head = MaskRCNNHeads(backbone.out_channels, [width] * 4, 1)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, cfg.num_classes + 1)
-    if cfg.detector == "mask_rcnn":
+    if spec.has_masks:
         init_mask_predictor(model.roi_heads.mask_predictor)
     if cfg.method != "baseline":
         model.rpn = _rpn(model.rpn, cfg, unsampled=True)
-        model.roi_heads = _unsampled_roi_heads(model.roi_heads, guided, cfg.rcnn_guide_delta,
+        model.roi_heads = _unsampled_roi_heads(model.roi_heads, cfg.uses_guided_scaling, cfg.rcnn_guide_delta,
                                                cfg.mask_positives_per_image)
     elif cfg.rpn_straddle_thresh is not None:
         model.rpn = _rpn(model.rpn, cfg, unsampled=False)
     if cfg.uses_optimal_init:
         set_rpn_prior(model.rpn, prior)
     return model
+
+
+# The table (sfdeploy.models.table) names each detector's builder; these are they.
+_BUILDERS = {"build_retinanet": build_retinanet, "build_fcos": build_fcos, "build_rcnn": build_rcnn}
 
 
 def init_mask_predictor(predictor: MaskRCNNPredictor) -> None:

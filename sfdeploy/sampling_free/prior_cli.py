@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-DETECTOR_CHOICES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+from sfdeploy.models.table import DETECTORS as DETECTOR_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]

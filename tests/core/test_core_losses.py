@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sfdeploy.models import build_model
+from sfdeploy.models.table import DETECTORS
 from sfdeploy.sampling_free.losses import GuidedLossScaling, initial_ce_loss, initial_focal_loss, prior_to_bias
 
 
@@ -20,7 +21,7 @@ def test_paper_numbers() -> None:
         prior_to_bias(0.0)
 
 
-@pytest.mark.parametrize("detector", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
+@pytest.mark.parametrize("detector", DETECTORS)
 def test_prior_bias_per_head(tiny_cfg, detector: str) -> None:
     two_stage = detector in ("faster_rcnn", "mask_rcnn")
     head = "rpn" if two_stage else "cls"

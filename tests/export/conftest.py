@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-DETECTORS = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+from sfdeploy.models.table import DETECTORS  # noqa: F401  (the detector table)
 STEPS = 20
 
 

@@ -123,7 +123,7 @@ def test_cli_module_is_light():  # type: ignore[no-untyped-def]
 
 # ------------------------------------------------------------------------------------------- dynamo
 @pytest.mark.slow
-@pytest.mark.parametrize("detector", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
+@pytest.mark.parametrize("detector", DETECTORS)
 def test_dynamo_export_passes_parity(checkpoints, tmp_path, detector):  # type: ignore[no-untyped-def]
     """torch.export-based exporter with the export-only adapters: parity at two sizes, all three orientations."""
     from export.onnx import export_onnx, read_metadata
