@@ -100,10 +100,9 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     `instance_kind` auto|cpu|gpu: auto is KIND_GPU for an engine, KIND_CPU for ONNX (gpu runs the ONNX graph with
     ONNX Runtime's CUDA provider inside Triton). `max_batch_size` applies only to graphs with a dynamic batch
     dimension."""
+    from sfdeploy.artefact import parse_metadata, triton_parameters
     from sfdeploy.errors import UserError
     from sfdeploy.io import atomic_path, atomic_write_text, remove_stale_temp_files
-
-    from sfdeploy.artefact import parse_metadata, triton_parameters
 
     from .onnx import read_metadata
 
