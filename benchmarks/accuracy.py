@@ -13,6 +13,7 @@ Variants (`--variants`):
   sf-512rois     sampling_free with 512 instead of 1000 training proposals per image (R-CNNs; the cost knob)
   sf-mask128     sampling_free Mask R-CNN, mask head on at most 128 random positives per image (the cost knob)
   sf-frozen      sampling_free with the authors' 2021 one-stage guide (g frozen after 100 steps, sigma per term)
+  sf-paper       sampling_free with the paper's eq. 24 one-stage guide (per-step g, learnable delta)
   sf-rcnn-delta  sampling_free with a learnable delta on the RPN / RoI guide (this project's earlier deviation)
 
 Data sets (`--dataset`):
@@ -52,6 +53,7 @@ VARIANTS = {
     "sf-512rois": {"method": "sampling_free", "rpn_post_nms_top_n_train": 512},
     "sf-mask128": {"method": "sampling_free", "mask_positives_per_image": 128},
     "sf-frozen": {"method": "sampling_free", "guided_form": "frozen"},  # the authors' 2021 one-stage form
+    "sf-paper": {"method": "sampling_free", "guided_form": "paper"},  # the paper's eq. 24 one-stage form
     "sf-rcnn-delta": {"method": "sampling_free", "rcnn_guide_delta": True},  # the earlier learnable R-CNN delta
 }
 RACCOON = Path("/work/shared/datasets/raccoon")
@@ -171,13 +173,14 @@ def prepare_nuclei(cache: Path, tile: int = 128) -> dict | None:
 
 # ------------------------------------------------------------------------------------------------- runs
 def same_settings(stored: str, current: str) -> bool:
-    """Stamps compare after the stored model config is re-read by today's ModelConfig, so that a field added later
-    with a default that reproduces the old behaviour does not invalidate finished runs."""
+    """Stamps compare after the stored model config is re-read as an artefact of ours (ModelConfig.from_artefact):
+    a field added later with a default that reproduces the old behaviour does not invalidate finished runs, and one
+    whose old behaviour differs from today's default (rcnn_guide_delta) is filled with what the run trained with."""
     from sfdeploy.config import ModelConfig
 
     try:
         old = json.loads(stored)
-        old["model"] = ModelConfig.from_dict(old["model"]).to_dict()
+        old["model"] = ModelConfig.from_artefact(old["model"]).to_dict()
     except (ValueError, KeyError, TypeError):
         return False
     return json.dumps(old, sort_keys=True, default=str) == current
@@ -256,7 +259,7 @@ def low_threshold_metrics(args: argparse.Namespace, data: dict, out: Path, res: 
 
     metrics = evaluate_checkpoint(ckpt, data["val_data"], split=data["val_split"], images_dir=data.get("images_dir"),
                                   progress=False, device=args.device, score_thresh=thresh)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, default=str))
+    atomic_write_text(cache, json.dumps({"key": key, "metrics": metrics}, default=str))
     return metrics
 
 

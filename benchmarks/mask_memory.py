@@ -104,7 +104,9 @@ def main() -> None:
         report = measure(artefact, args.size, args.threshold)
     print(json.dumps(report, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        from sfdeploy.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ def markdown(rows: list[dict[str, Any]], methods: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sfdeploy.io import atomic_write_text
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True)
     p.add_argument("--calib-data", default="synthetic:400")
@@ -170,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for c in a.checkpoints:
             rows += run(c, a, Path(tmp))
-            Path(a.out + ".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+            atomic_write_text(a.out + ".json", json.dumps({**meta, "rows": rows}, indent=1))
     meta["loadavg_end"] = os.getloadavg()
-    Path(a.out + ".json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    atomic_write_text(a.out + ".json", json.dumps({**meta, "rows": rows}, indent=1))
     table = markdown(rows, a.methods)
-    Path(a.out + ".md").write_text(f"Command: `{meta['command']}`  \nMachine: {meta['machine']}, "
+    atomic_write_text(a.out + ".md", f"Command: `{meta['command']}`  \nMachine: {meta['machine']}, "
                                    f"torch {meta['torch']}, "
                                    f"onnxruntime {meta['onnxruntime']}, {meta['started']}, load average "
                                    f"{meta['loadavg_start']} -> {meta['loadavg_end']}\n\n{table}\n")

@@ -28,6 +28,7 @@ class Detection(BaseModel):
     box: list[float] = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] in image pixels")
     score: float
     label: int = Field(description="1..C")
+    category_id: int | None = Field(None, description="the training annotations' own category id of the label")
     class_name: str
     mask: MaskRLE | None = Field(None, description="only with masks=true on a Mask R-CNN model")
 
@@ -53,6 +54,7 @@ class ModelInfo(BaseModel):
     device: str
     source: str = Field(description="artefact file name (no server path)")
     class_names: list[str]
+    category_ids: list[int] | None = Field(None, description="the data's category id per label (None: the labels)")
     score_thresh: float
     nms_thresh: float
     detections_per_img: int

@@ -107,7 +107,8 @@ def install(app: Any, models: dict[str, Any], default_model: str) -> ServiceMetr
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "not ready: no model loaded, or shutting down",
+                                         "content": {"application/json": {}}}})
     async def readyz() -> JSONResponse:
         ok = metrics.ready and bool(models)
         return JSONResponse({"status": "ready" if ok else "not ready", "models": list(models)},
@@ -116,6 +117,10 @@ def install(app: Any, models: dict[str, Any], default_model: str) -> ServiceMetr
     def _not_ready() -> None:  # draining: a load balancer stops sending before the process exits
         metrics.ready = False
 
+    def _ready() -> None:  # (re)started: an app object served again after a shutdown is ready again
+        metrics.ready = True
+
+    app.router.on_startup.append(_ready)
     app.router.on_shutdown.append(_not_ready)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)

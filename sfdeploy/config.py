@@ -62,10 +62,12 @@ class ModelConfig:
     # Width of Mask R-CNN's four mask-head convolutions (torchvision: 256). With a narrow FPN on CPU a 256-wide mask
     # head costs more than the rest of the model (~0.37 GMAC per positive RoI); the benchmarks scale it with the FPN.
     mask_head_channels: int = 256
-    # Guided loss scaling as the authors ran it (sampling-free.md sec. 3). One-stage heads: "paper" = eq. 20-24
-    # (per-step g, learnable delta on the classification term); "frozen" = the authors' 2021 release (g measured
-    # over the first `guide_freeze_steps` steps with positives, then frozen; learnable sigma on every term).
-    guided_form: str = "paper"
+    # Guided loss scaling as the authors ran it (sampling-free.md sec. 3), for the one-stage heads (the R-CNN heads
+    # always use the authors' plain per-step guide): "frozen" = the authors' 2021 release (g measured over the first
+    # `guide_freeze_steps` steps with positives, then frozen; learnable sigma on every term), the default since it was
+    # ahead of "paper" on the validation splits (docs/BENCHMARKS.md 1f); "paper" = eq. 20-24 (per-step g, learnable
+    # delta on the classification term). Artefacts written before this option hold the paper form (from_artefact).
+    guided_form: str = "frozen"
     guide_freeze_steps: int = 100
     # The R-CNN heads' guide has no learnable delta in either release of the authors' code; True restores this
     # project's earlier deviation (a delta on the RPN and RoI box head) for ablations and old checkpoints.

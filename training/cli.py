@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sfdeploy.config import GUIDED_FORMS
 from sfdeploy.models.table import DETECTORS
 
 EXIT_DIVERGED = 4
@@ -77,9 +78,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                         "(default: every positive, the paper's; 128 = the baseline's cost)")
     _bool_pair(m, "optimal-init", "optimal bias initialisation (default: on for sampling_free)")
     _bool_pair(m, "guided-scaling", "guided loss scaling (default: on for sampling_free)")
-    m.add_argument("--guided-form", choices=("paper", "frozen"),
-                   help="one-stage guide: 'paper' (eq. 24: per-step g, learnable delta; default) or 'frozen' (the "
-                        "authors' 2021 code: g frozen after --guide-freeze-steps, learnable sigma per loss term)")
+    m.add_argument("--guided-form", choices=GUIDED_FORMS,
+                   help="RetinaNet/FCOS guide: 'frozen' (the authors' 2021 code: g frozen after --guide-freeze-steps, "
+                        "learnable sigma per loss term; default) or 'paper' (eq. 24: per-step g, learnable delta)")
     m.add_argument("--guide-freeze-steps", type=int, help="steps with positives that measure g before it freezes "
                                                            "(frozen form; default 100)")
     _bool_pair(m, "rcnn-guide-delta", "a learnable delta on the R-CNN heads' guide (default: off, as the authors)")

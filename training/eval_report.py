@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -103,25 +101,16 @@ def confusion_matrix(gt: dict[str, Any], results: list[dict[str, Any]],
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    from sfdeploy.io import atomic_path
+
+    with atomic_path(path) as tmp:  # same suffix: matplotlib picks the format from it
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from sfdeploy.io import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], per_class_ap: dict[str, float], title: str,

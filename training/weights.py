@@ -4,8 +4,6 @@ record it in OUT/weights.json (loaded, skipped and re-initialised tensors)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -28,11 +26,6 @@ def apply_weights(model: nn.Module, cfg: TrainConfig, out: Path, say: Callable[[
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from sfdeploy.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -41,6 +40,7 @@ def _requirements(project: dict, extras: tuple[str, ...]) -> set[str]:
 
 
 def test_each_install_gets_at_most_one_onnxruntime_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     extras = list(project["optional-dependencies"])
     for extra in [None, *extras]:

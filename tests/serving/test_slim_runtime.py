@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -71,6 +70,7 @@ def test_onnx_serving_never_imports_torch(artefacts, tmp_path):  # type: ignore[
 
 
 def test_core_dependencies_are_the_slim_runtime():  # type: ignore[no-untyped-def]
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
     full = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["optional-dependencies"]["full"]}

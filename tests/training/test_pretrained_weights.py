@@ -40,7 +40,10 @@ def test_torchvision_retinanet_v2_loads_all_but_the_class_layer_and_p6(tmp_path:
         "head.classification_head.cls_logits.bias": CLASS_LAYER,
         # torchvision's v2 computes P6 from C5 (2048 channels), ours from P5
         "backbone.fpn.extra_blocks.p6.weight": "shape (256, 2048, 3, 3) in the source, (256, 256, 3, 3) here",
-        "head.guide.d": "not in the source",  # the guided loss scaling parameter
+        # the guided loss scaling's weights and state (the default frozen form: sigma, g, step count)
+        "head.guide.sigma": "not in the source",
+        "head.guide.g": "not in the source",
+        "head.guide.steps": "not in the source",
     }
     assert len(report.loaded) == 359 and report.unused == []
     theirs = torch.load(source, weights_only=True)

@@ -38,8 +38,8 @@ def tiny_cfg(out: Path, detector: str = "retinanet", method: str = "sampling_fre
 
 def test_train_cli_retinanet_sampling_free_writes_everything(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--model", "retinanet", "--method", "sampling_free", *TINY, "--out", str(out),
-               "--max-steps", "3", "--prior", "cls=1e-4", "--json"])
+    rc = main(["train", "--model", "retinanet", "--method", "sampling_free", "--guided-form", "paper", *TINY,
+               "--out", str(out), "--max-steps", "3", "--prior", "cls=1e-4", "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["outcome"] == "completed" and result["steps"] == 3
@@ -150,8 +150,8 @@ def test_optimizer_groups_and_schedule():
     opt = build_optimizer(model, cfg)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == cfg.weight_decay and no_decay["weight_decay"] == 0.0
-    d = model.head.guide.d
-    assert any(p is d for p in no_decay["params"]) and not any(p is d for p in decay["params"])
+    sigma = model.head.guide.sigma  # the default (frozen) guide's learnable weights get no decay
+    assert any(p is sigma for p in no_decay["params"]) and not any(p is sigma for p in decay["params"])
     assert all(p.ndim > 1 for p in decay["params"])
     assert lr_factor(0, 90, cfg) == pytest.approx(1 / 3)
     assert lr_factor(10, 90, cfg) == 1.0
@@ -174,5 +174,5 @@ def test_authors_protocol_flags():
                                               "--guide-freeze-steps", "50"]))
     assert one.model.guided_form == "frozen" and one.model.guide_freeze_steps == 50
     default = config_from_args(parser.parse_args(["train", "--model", "mask_rcnn", "--out", "x"]))
-    assert default.model.rcnn_guide_delta is False and default.model.guided_form == "paper"
+    assert default.model.rcnn_guide_delta is False and default.model.guided_form == "frozen"
     assert default.bias_lr_factor == 1.0 and default.model.rpn_straddle_thresh is None
