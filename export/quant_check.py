@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .verify import _iou  # the parity check's IoU: one implementation
+
 INT8_TOLERANCES = {"agreement": 0.9, "score": 0.1, "box_rel": 0.03}
 TOP_K = 10
 
@@ -59,15 +61,6 @@ class AgreementError(Exception):
     def __init__(self, report: AgreementReport) -> None:
         super().__init__(report.summary().replace("\n", " |"))
         self.report = report
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def match_top(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], top_k: int = TOP_K
