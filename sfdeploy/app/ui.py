@@ -191,18 +191,9 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
                     run_btn = gr.Button("Detect", variant="primary", elem_id="run")
                     if examples:
                         gr.Examples(examples=[[p] for p in examples], inputs=[image_in], label="Bundled examples")
-                with gr.Column(scale=1, min_width=260):
-                    out_b = gr.Image(label="Baseline", type="numpy", format="png", interactive=False,
-                                     elem_id="panel-baseline")
-                    cap_b = gr.Markdown("**Baseline** — upload an image", elem_id="caption-baseline")
-                    slider_b = gr.Slider(step=1e-4, **slider_args(fam0, "baseline"),
-                                         elem_id="thresh-baseline")
-                with gr.Column(scale=1, min_width=260):
-                    out_s = gr.Image(label="Sampling-Free", type="numpy", format="png", interactive=False,
-                                     elem_id="panel-sampling-free")
-                    cap_s = gr.Markdown("**Sampling-Free** — upload an image", elem_id="caption-sampling-free")
-                    slider_s = gr.Slider(step=1e-4, **slider_args(fam0, "sampling_free"),
-                                         elem_id="thresh-sampling-free")
+                out_b, cap_b, slider_b = _result_panel(gr, "Baseline", "baseline", slider_args(fam0, "baseline"))
+                out_s, cap_s, slider_s = _result_panel(gr, "Sampling-Free", "sampling-free",
+                                                       slider_args(fam0, "sampling_free"))
             with gr.Row():
                 gr.Markdown(THRESHOLD_HELP)
                 reset_btn = gr.Button("Reset thresholds to the models' defaults", size="sm", scale=0)
@@ -250,3 +241,12 @@ def build_app(models_dir: str | Path | None = None, *, store: ModelStore | None 
     demo.sfdeploy_catalog = ctx  # for tests and tooling
     demo.sfdeploy_store = store
     return demo
+
+
+def _result_panel(gr: Any, label: str, slug: str, slider: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """One method's column: rendered detections, a caption and its own score-threshold slider."""
+    with gr.Column(scale=1, min_width=260):
+        image = gr.Image(label=label, type="numpy", format="png", interactive=False, elem_id=f"panel-{slug}")
+        caption = gr.Markdown(f"**{label}** — upload an image", elem_id=f"caption-{slug}")
+        threshold = gr.Slider(step=1e-4, **slider, elem_id=f"thresh-{slug}")
+    return image, caption, threshold
