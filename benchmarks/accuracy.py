@@ -200,11 +200,13 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
     cfg = TrainConfig(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch, seed=seed,
                       device=args.device, workers=args.workers, warmup_steps=min(args.warmup, args.steps // 4),
                       lr=args.lr, grad_clip=args.grad_clip, tensorboard=False, plots=False, checkpoint_every=10**9,
-                      log_every=5, prior_cache_dir=str(Path(args.cache) / "priors"), **data)
+                      log_every=5, prior_cache_dir=str(Path(args.cache) / "priors"),
+                      **({"augment": args.augment} if args.augment else {}), **data)
     # a finished run is reused only when it was trained with exactly these settings
     settings = json.dumps({"model": model.to_dict(), "max_steps": cfg.max_steps, "batch": cfg.batch_size,
-                           "lr": cfg.lr, "warmup": cfg.warmup_steps, "clip": cfg.grad_clip, "data": data}, sort_keys=True,
-                          default=str)
+                           "lr": cfg.lr, "warmup": cfg.warmup_steps, "clip": cfg.grad_clip, "data": data,
+                           # only when set, so runs finished before the option existed keep matching their stamps
+                           **({"augment": cfg.augment} if cfg.augment else {})}, sort_keys=True, default=str)
     stamp = out / "benchmark_settings.json"
     if done.is_file() and not args.force and stamp.is_file() and same_settings(stamp.read_text(), settings):
         res = json.loads(done.read_text())
@@ -328,7 +330,7 @@ def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
              f"Budget: {s['dataset']} ({meta['data']['data']} -> {meta['data']['val_data']} [{meta['data']['val_split']}]), "
              f"{s['backbone']} ({s['backbone_weights'] or 'random init'}), FPN {s['fpn_channels']}"
              f"{', mask head ' + str(s['mask_head_channels']) if s.get('mask_head_channels') else ''}, image {s['size']}, "
-             f"batch {s['batch']}, {s['steps']} SGD steps, lr {s['lr'] or 'paper lr x batch/16'}, grad clip {s.get('grad_clip')}, eval score threshold "
+             f"batch {s['batch']}, {s['steps']} SGD steps, lr {s['lr'] or 'paper lr x batch/16'}, grad clip {s.get('grad_clip')}, augmentation {s.get('augment') or 'flip (trainer default)'}, eval score threshold "
              f"{s['score_thresh']} for every variant, seeds {s['seeds']}"
              + (f"; test AP on synthetic:{s['test_images']} [test]" if s["dataset"] == "synthetic" and s.get("test_images")
                 else ""), "",
@@ -441,6 +443,9 @@ def main() -> None:
     p.add_argument("--mask-head-channels", type=int, help="Mask R-CNN mask-head width (default: torchvision's 256)")
     p.add_argument("--lr", type=float, default=None, help="default: the paper's lr scaled by batch/16")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (at most a quarter of --steps)")
+    p.add_argument("--augment", choices=("none", "flip", "default", "strong"), default=None,
+                   help="training augmentation preset (sfdeploy.data.augment) for every variant; default: the trainer's "
+                        "horizontal flip (the protocol of the earlier runs)")
     p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,
                    help="max gradient norm; default none (no clipping), the trainer's and the authors' setting")
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
