@@ -188,8 +188,8 @@ def same_settings(stored: str, current: str) -> bool:
 
 def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, seed: int) -> dict:
     from sfdeploy.config import ModelConfig
-    from training.config import TrainConfig
-    from training.trainer import train
+    from sfdeploy.training.config import TrainConfig
+    from sfdeploy.training.trainer import train
 
     out = Path(args.runs) / args.dataset / detector / variant / f"seed{seed}"
     done = out / "result.json"
@@ -257,7 +257,7 @@ def low_threshold_metrics(args: argparse.Namespace, data: dict, out: Path, res: 
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["metrics"]
-    from training.evaluate import evaluate_checkpoint
+    from sfdeploy.training.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(ckpt, data["val_data"], split=data["val_split"], images_dir=data.get("images_dir"),
                                   progress=False, device=args.device, score_thresh=thresh)
@@ -279,7 +279,7 @@ def test_metrics(args: argparse.Namespace, out: Path, res: dict) -> dict | None:
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["metrics"]
-    from training.evaluate import evaluate_checkpoint
+    from sfdeploy.training.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(ckpt, f"synthetic:{args.test_images}", split="test", progress=False,
                                   device=args.device)
@@ -370,7 +370,7 @@ def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.metrics_log import read_metrics
+    from sfdeploy.training.metrics_log import read_metrics
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     any_data = False

@@ -85,8 +85,8 @@ def sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------------------------------- checks
 def check_train(plan: Plan, device: torch.device, amp: str, work: Path) -> dict[str, Any]:
     from sfdeploy.checkpoint import load_model
-    from training.config import TrainConfig
-    from training.trainer import train
+    from sfdeploy.training.config import TrainConfig
+    from sfdeploy.training.trainer import train
 
     out: dict[str, Any] = {"amp": amp}
     for det in plan.detectors:
@@ -127,7 +127,7 @@ def _batch(plan: Plan, device: torch.device, with_masks: bool, empty_second: boo
 def check_amp_losses(plan: Plan, device: torch.device, modes: tuple[str, ...]) -> dict[str, Any]:
     from sfdeploy.models import build_model
     from sfdeploy.models.precision import keep_geometry_fp32
-    from training.trainer import guide_values
+    from sfdeploy.training.trainer import guide_values
 
     out: dict[str, Any] = {}
     for mode in modes:
@@ -184,7 +184,7 @@ def check_ddp(plan: Plan, device: torch.device) -> dict[str, Any]:
 
 
 def check_export(plan: Plan, device: torch.device, work: Path) -> dict[str, Any]:
-    from export.onnx import export_onnx
+    from sfdeploy.export.onnx import export_onnx
     from sfdeploy.checkpoint import load_model
 
     ckpt = work / "retinanet_sampling_free" / "last.pt"
@@ -205,7 +205,7 @@ def check_export(plan: Plan, device: torch.device, work: Path) -> dict[str, Any]
 
 
 def check_latency(plan: Plan, device: torch.device, work: Path) -> dict[str, Any]:
-    from serving.backends.torch_backend import TorchPredictor
+    from sfdeploy.serving.backends.torch_backend import TorchPredictor
 
     out: dict[str, Any] = {}
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)

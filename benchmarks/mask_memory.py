@@ -35,7 +35,7 @@ def _reset_peak() -> None:
 def child(artefact: str, size: int, threshold: float | None) -> dict:
     from PIL import Image, ImageDraw
 
-    import serving
+    from sfdeploy import serving
     from sfdeploy import processing
 
     predictor = serving.load(artefact)

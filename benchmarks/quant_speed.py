@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _ap(onnx_path: Path, spec: str) -> dict[str, Any]:
-    from serving import load
+    from sfdeploy.serving import load
     from sfdeploy.data import build_dataset, to_coco_gt
-    from training.evaluate import coco_metrics
+    from sfdeploy.training.evaluate import coco_metrics
 
     ds = build_dataset(spec, split="test" if spec.startswith("synthetic") else "val")
     gt = to_coco_gt(ds)
@@ -76,10 +76,10 @@ def _session(path: Path) -> Any:
 def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     import torch
 
-    from export.benchmark import _checkpoint_model, _scene
-    from export.onnx import export_onnx
-    from export.quant_check import check_agreement
-    from export.quantize import calibration_images, check_images, quantize_int8
+    from sfdeploy.export.benchmark import _checkpoint_model, _scene
+    from sfdeploy.export.onnx import export_onnx
+    from sfdeploy.export.quant_check import check_agreement
+    from sfdeploy.export.quantize import calibration_images, check_images, quantize_int8
     from sfdeploy.checkpoint import load_model
 
     calib = calibration_images(a.calib_data, a.calib_images)

@@ -5,6 +5,9 @@ Light to import: torch / onnx load only when a function runs.
 
 from __future__ import annotations
 
+if __name__ != "sfdeploy.export":  # one module, one import name (pyproject [tool.setuptools.package-dir])
+    raise ImportError(f"the export stage is sfdeploy.export: import it under that name, not as {__name__!r}")
+
 from typing import Any
 
 __all__ = ["export_onnx", "verify_onnx", "verify_artefact", "check_trt_ops", "build_engine",

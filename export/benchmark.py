@@ -10,7 +10,7 @@ Two sources of models:
                                 synthetic val scene: the latency users get at the threshold each method ships with.
   --detectors ... --classes 80  random-init ResNet-18 models with many classes: the NMS stress case of issue 7.
 
-Run (idle machine): python -m export.benchmark --checkpoints runs/x/last.pt --sizes 320 640 --out bench.json --md bench.md
+Run (idle machine): python -m sfdeploy.export.benchmark --checkpoints runs/x/last.pt --sizes 320 640 --out bench.json --md bench.md
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "loadavg_start": os.getloadavg(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "command": "python -m export.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": "python -m sfdeploy.export.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])}
     jobs = ([(lambda s, c=c: _checkpoint_model(c, s)) for c in a.checkpoints] if a.checkpoints else
             [(lambda s, d=d: _random_model(d, s, a.classes, a.backbone, a.method)) for d in a.detectors])
     with tempfile.TemporaryDirectory() as tmp:

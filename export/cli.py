@@ -136,7 +136,7 @@ def _export(args: argparse.Namespace) -> int:
         print(check.summary(), file=sys.stderr)
         if not check.ok:
             raise UserError(check.summary())
-        from serving.backends.trt_runtime import DEFAULT_PROFILE
+        from sfdeploy.serving.backends.trt_runtime import DEFAULT_PROFILE
 
         engine = build_engine(res.path, out, fp16=args.fp16, min_size=args.min_size or DEFAULT_PROFILE["min"],
                               opt_size=args.opt_size or DEFAULT_PROFILE["opt"],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.backends.trt_runtime import DEFAULT_PROFILE
+from sfdeploy.serving.backends.trt_runtime import DEFAULT_PROFILE
 
 OPS_FILE = Path(__file__).with_name("trt_supported_ops.json")
 

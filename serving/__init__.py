@@ -1,13 +1,16 @@
 """Serving: one inference API over PyTorch checkpoints, ONNX Runtime and TensorRT engines.
 
-    import serving
+    from sfdeploy import serving
     predictor = serving.load("model.onnx")            # or .pt/.pth checkpoint, .engine/.plan
     detections = predictor.predict("image.jpg")       # -> serving.Detections
 
-Backends are imported only when an artefact of their kind is loaded (so `import serving` is light).
+Backends are imported only when an artefact of their kind is loaded (so `from sfdeploy import serving` is light).
 """
 
 from __future__ import annotations
+
+if __name__ != "sfdeploy.serving":  # one module, one import name (pyproject [tool.setuptools.package-dir])
+    raise ImportError(f"the serving stage is sfdeploy.serving: import it under that name, not as {__name__!r}")
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -24,10 +24,10 @@ __all__ = ["UserError", "build_parser", "main"]
 # (module with register(subparsers)); order is the order shown in --help.
 STAGE_MODULES = (
     "sfdeploy.sampling_free.prior_cli",  # prior
-    "training.cli",  # train, eval
+    "sfdeploy.training.cli",  # train, eval
     "sfdeploy.app.quickstart_cli",  # quickstart
-    "export.cli",  # export, verify
-    "serving.cli",  # predict, serve, bench
+    "sfdeploy.export.cli",  # export, verify
+    "sfdeploy.serving.cli",  # predict, serve, bench
     "sfdeploy.demo_cli",  # demo
 )
 

@@ -21,9 +21,9 @@ EXIT_DIVERGED = 4
 def register(subparsers: Any) -> None:
     _register_train(subparsers)
     try:
-        from training.evaluate_cli import register_eval
+        from sfdeploy.training.evaluate_cli import register_eval
     except ModuleNotFoundError as exc:
-        if exc.name not in ("training.evaluate_cli",):
+        if exc.name not in ("sfdeploy.training.evaluate_cli",):
             raise
     else:
         register_eval(subparsers)

@@ -14,7 +14,7 @@ from .config import TrainConfig
 def evaluate_model(model: torch.nn.Module, dataset, cfg: TrainConfig, device: torch.device, progress: bool):  # type: ignore[no-untyped-def]
     """COCO metrics of `model` on `dataset` (rank 0 only; the caller holds the other ranks at a barrier)."""
     try:
-        from training.evaluate import evaluate
+        from sfdeploy.training.evaluate import evaluate
     except ImportError as exc:
         from sfdeploy.errors import UserError
 

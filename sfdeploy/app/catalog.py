@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from serving import SUFFIX_BACKEND
+from sfdeploy.serving import SUFFIX_BACKEND
 
 from .common import BACKEND_LABELS, DEFAULT_MODELS_DIR, ENV_MODELS, FAMILY_LABELS, FAMILY_ORDER, ROLE_LABELS, ROLES, as_dict, one_line
 from .store import ModelStore

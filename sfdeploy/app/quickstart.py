@@ -123,9 +123,9 @@ def quickstart(out: str | Path = "runs/quickstart", model: str = "retinanet", st
 def check_training_packages(weights: str | None) -> None:
     """Preflight: the packages the training stage needs, each missing one named with what to install."""
     try:
-        import training.trainer  # noqa: F401
+        import sfdeploy.training.trainer  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"quickstart: training needs `training.trainer` ({exc}); this sfdeploy install is "
+        raise UserError(f"quickstart: training needs `sfdeploy.training.trainer` ({exc}); this sfdeploy install is "
                         "incomplete (reinstall sfdeploy)") from None
     if weights == "imagenet":
         try:
@@ -154,8 +154,8 @@ def train_and_evaluate(method: str, model: str, backbone: str, weights: str | No
                        stages: dict[str, dict[str, Any]], report: Reporter) -> dict[str, Any]:
     """Stages 1+2 for one method: train (the trainer evaluates at the end), evaluate here when it could not."""
     from sfdeploy.config import ModelConfig
-    from training.config import TrainConfig
-    from training.trainer import train
+    from sfdeploy.training.config import TrainConfig
+    from sfdeploy.training.trainer import train
 
     mcfg = ModelConfig(detector=model, method=method, backbone=backbone, backbone_weights=weights,
                        min_size=budget.image_size, max_size=budget.image_size, fpn_channels=budget.fpn_channels)
@@ -171,7 +171,7 @@ def train_and_evaluate(method: str, model: str, backbone: str, weights: str | No
     eval_s = float(metrics.get("seconds", 0.0) or 0.0)
     last = Path(result.out_dir) / "last.pt"
     if not metrics.get("bbox") and last.is_file():  # e.g. diverged: the trainer skips its final evaluation
-        from training.evaluate import evaluate_checkpoint
+        from sfdeploy.training.evaluate import evaluate_checkpoint
 
         report.stage(2, f"evaluating {method} ({last}) ...")
         t1 = time.perf_counter()
@@ -202,7 +202,7 @@ def export_stage(checkpoint: str, onnx_path: Path, stages: dict[str, dict[str, A
         try:
             import onnx  # noqa: F401
 
-            from export import export_onnx
+            from sfdeploy.export import export_onnx
         except ImportError as exc:
             raise StageError(f"ONNX export needs a package that is missing ({exc}); pip install onnx onnxscript") \
                 from None
@@ -225,8 +225,7 @@ def predict_stage(runs: dict[str, dict[str, Any]], onnx_path: Path | None, val_d
                  f"{'ONNX' if onnx_path else 'checkpoint'}) ...")
     t0 = time.perf_counter()
     try:
-        import serving
-
+        from sfdeploy import serving
         if onnx_path is not None:
             try:
                 import onnxruntime  # noqa: F401

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from sfdeploy.models.table import DETECTORS
-from training.evaluate_cli import _positive
+from sfdeploy.training.evaluate_cli import _positive
 
 from .quickstart import DEFAULT_BUDGET, FAST_BUDGET, quickstart
 

@@ -15,8 +15,7 @@ PREDICTOR_CACHE = 4
 
 def default_loader(path: str | Path, backend: str) -> Any:
     """serving.load with the device each backend needs (TensorRT runs on the GPU, the rest on the CPU)."""
-    import serving
-
+    from sfdeploy import serving
     device = {"torch": "cpu", "onnxruntime": None, "tensorrt": "cuda"}.get(backend)  # ORT: best provider
     return serving.load(str(path), backend=backend, device=device)
 

@@ -76,7 +76,7 @@ class CocoDataset(DetectionDataset):
     """COCO instances JSON; category ids map to labels 1..C in sorted id order.
 
     Crowd annotations stay in ``annotation(i)`` (iscrowd=1, used by evaluation) but are excluded
-    from training targets. Images with missing files are skipped with a counted warning.
+    from sfdeploy.training targets. Images with missing files are skipped with a counted warning.
     """
 
     def __init__(self, json_path: str | Path, *, images_dir: str | Path | None = None,

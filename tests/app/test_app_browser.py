@@ -29,7 +29,7 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="Python package `playwright` is not installed "
                                                              "(pip install playwright; the system Chromium is used)")
 pytest.importorskip("gradio")
-pytest.importorskip("serving")
+pytest.importorskip("sfdeploy.serving")
 
 from sfdeploy.app.inputs import example_images  # noqa: E402
 from sfdeploy.app.launch import launch  # noqa: E402

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 pytest.importorskip("gradio")
-pytest.importorskip("serving")
+pytest.importorskip("sfdeploy.serving")
 
 from sfdeploy.app import inputs  # noqa: E402
 from sfdeploy.app.inputs import (MAX_PIXELS, MAX_UPLOAD_BYTES, BadImage, load_input,  # noqa: E402
@@ -37,7 +37,7 @@ def _png(size: tuple[int, int] = (32, 24)) -> bytes:
 
 def test_demo_caps_are_the_http_service_caps() -> None:
     pytest.importorskip("fastapi")
-    from serving import server
+    from sfdeploy.serving import server
 
     assert MAX_UPLOAD_BYTES == server.DEFAULT_MAX_BYTES
     assert MAX_PIXELS == server.DEFAULT_MAX_PIXELS

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("gradio")
-pytest.importorskip("serving")
+pytest.importorskip("sfdeploy.serving")
 
 from sfdeploy.app.catalog import (Artifact, backend_choices, discover, find_model_files,  # noqa: E402
                                   pair_artifacts)

@@ -148,8 +148,8 @@ def test_guide_is_averaged_over_ranks(tmp_path) -> None:
 
 # ---------------------------------------------------------------------------------------------- protocol
 def test_bias_lr_factor_and_no_decay_groups(tiny_cfg) -> None:
-    from training.config import TrainConfig
-    from training.optim import build_optimizer, build_scheduler
+    from sfdeploy.training.config import TrainConfig
+    from sfdeploy.training.optim import build_optimizer, build_scheduler
 
     model = build_model(tiny_cfg("retinanet", "sampling_free"), load_backbone_weights=False)
     biases = {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}

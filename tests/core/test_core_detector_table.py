@@ -44,7 +44,7 @@ def test_each_row_builds_its_detector(tiny_cfg, detector) -> None:  # type: igno
 def test_cli_choices_and_app_labels_come_from_the_table() -> None:
     from sfdeploy.app.common import FAMILY_LABELS, FAMILY_ORDER
     from sfdeploy.sampling_free import prior_cli
-    from training import cli as train_cli
+    from sfdeploy.training import cli as train_cli
 
     assert FAMILY_LABELS == LABELS and FAMILY_ORDER == DETECTORS
     for register in (prior_cli.register, train_cli.register):

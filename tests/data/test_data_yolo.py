@@ -83,13 +83,13 @@ def test_unknown_class_and_missing_split(yolo_yaml: Path) -> None:
 
 def test_yolo_set_trains_and_evaluates_masks(yolo_yaml: Path, tmp_path: Path, capsys) -> None:
     import sfdeploy.cli as cli
-    from training.metrics_log import read_metrics
+    from sfdeploy.training.metrics_log import read_metrics
 
     out = tmp_path / "run"
     argv = ["train", "--model", "mask_rcnn", "--backbone", "resnet18", "--fpn-channels", "32", "--image-size", "64",
             "--data", str(yolo_yaml), "--val-data", str(yolo_yaml), "--batch-size", "2", "--workers", "0",
             "--max-steps", "2", "--no-progress", "--out", str(out)]
-    with mock.patch.object(cli, "STAGE_MODULES", ("training.cli",)):
+    with mock.patch.object(cli, "STAGE_MODULES", ("sfdeploy.training.cli",)):
         rc = cli.main(argv)
     assert rc == 0, capsys.readouterr().err
     evals = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "eval"]

@@ -65,7 +65,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Lazily exported (torchscript, verified) ONNX per detector -> ExportResult."""
-    from export.onnx import export_onnx
+    from sfdeploy.export.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("onnx")
 

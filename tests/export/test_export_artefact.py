@@ -15,9 +15,9 @@ def _triton_parameters(text: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("detector", ["retinanet"])
 def test_onnx_tensorrt_triton_carry_identical_metadata(detector, checkpoints, exported, tmp_path):  # type: ignore[no-untyped-def]
-    from export.onnx import read_metadata
-    from export.tensorrt import write_sidecar
-    from export.triton import write_triton_repository
+    from sfdeploy.export.onnx import read_metadata
+    from sfdeploy.export.tensorrt import write_sidecar
+    from sfdeploy.export.triton import write_triton_repository
     from sfdeploy import artefact
     from sfdeploy.checkpoint import load_checkpoint
 

@@ -31,7 +31,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_export_killed_mid_write_keeps_the_old_artefact(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """SIGKILL while onnx.save has written half the new graph (what a killed `sfdeploy export` did to a 77 MB
     file): the old .onnx survives byte for byte, and the next export cleans the leftover and succeeds."""
-    from export.onnx import export_onnx, read_metadata
+    from sfdeploy.export.onnx import export_onnx, read_metadata
 
     out = tmp_path / "model.onnx"
     export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)
@@ -68,8 +68,8 @@ def test_export_killed_mid_write_keeps_the_old_artefact(tiny_checkpoint: Path, t
 
 def test_export_failing_parity_keeps_the_old_artefact(tiny_checkpoint: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.onnx as eo
-    from export.verify import ParityError, ParityReport
+    import sfdeploy.export.onnx as eo
+    from sfdeploy.export.verify import ParityError, ParityReport
 
     out = tmp_path / "model.onnx"
     import onnx
@@ -99,8 +99,8 @@ def test_triton_repository_rewrite_failing_mid_copy_keeps_the_served_model(tiny_
     """Triton polls its repository: a rewrite that dies while copying must not leave it half a model."""
     import shutil
 
-    import export.triton as et
-    from export.onnx import export_onnx
+    import sfdeploy.export.triton as et
+    from sfdeploy.export.onnx import export_onnx
 
     graph = export_onnx(tiny_checkpoint, tmp_path / "m.onnx", exporter="torchscript", verify=False).path
     model_dir = et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
@@ -122,7 +122,7 @@ def test_triton_repository_rewrite_failing_mid_copy_keeps_the_served_model(tiny_
 def test_sigterm_during_export_leaves_no_temp_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """`kill PID` (SIGTERM, as docker stop / systemd send) mid-write unwinds like Ctrl-C: exit 130, the old
     artefact intact and no temporary file left behind."""
-    from export.onnx import export_onnx
+    from sfdeploy.export.onnx import export_onnx
 
     out = tmp_path / "model.onnx"
     export_onnx(tiny_checkpoint, out, exporter="torchscript", verify=False)

@@ -13,7 +13,7 @@ from sfdeploy.config import DETECTORS
 
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_trt_static_op_check(detector, exported):  # type: ignore[no-untyped-def]
-    from export.tensorrt import check_trt_ops, supported_ops
+    from sfdeploy.export.tensorrt import check_trt_ops, supported_ops
 
     check = check_trt_ops(exported[detector].path)
     assert check.ok, check.summary()
@@ -24,7 +24,7 @@ def test_trt_op_check_reports_unsupported(tmp_path):  # type: ignore[no-untyped-
     import onnx
     from onnx import TensorProto, helper
 
-    from export.tensorrt import check_trt_ops
+    from sfdeploy.export.tensorrt import check_trt_ops
 
     g = helper.make_graph([helper.make_node("Unique", ["x"], ["y"]), helper.make_node("Foo", ["y"], ["z"], domain="my")],
                           "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
@@ -37,7 +37,7 @@ def test_trt_op_check_reports_unsupported(tmp_path):  # type: ignore[no-untyped-
 
 
 def test_tensorrt_fails_clearly_without_trt(exported, tmp_path):  # type: ignore[no-untyped-def]
-    from export.tensorrt import build_engine
+    from sfdeploy.export.tensorrt import build_engine
     from sfdeploy.errors import UserError
 
     try:
@@ -62,7 +62,7 @@ def run_cli(argv: list[str]) -> int:
 
         return main(argv)
     except (ImportError, ModuleNotFoundError):
-        from export.cli import register
+        from sfdeploy.export.cli import register
         from sfdeploy.errors import UserError
 
         parser = argparse.ArgumentParser(prog="sfdeploy")
@@ -126,7 +126,7 @@ def test_cli_module_is_light():  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_dynamo_export_passes_parity(checkpoints, tmp_path, detector):  # type: ignore[no-untyped-def]
     """torch.export-based exporter with the export-only adapters: parity at two sizes, all three orientations."""
-    from export.onnx import export_onnx, read_metadata
+    from sfdeploy.export.onnx import export_onnx, read_metadata
 
     res = export_onnx(checkpoints[detector], tmp_path / f"{detector}.onnx", exporter="dynamo", sizes=(160, 256))
     assert res.exporter == "dynamo" and res.parity.passed, res.parity.summary()

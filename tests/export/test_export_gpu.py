@@ -10,7 +10,7 @@ from sfdeploy.errors import UserError
 
 
 def test_dummy_input_is_made_on_the_models_device():
-    from export.onnx import DUMMY_HW, example_input, model_device
+    from sfdeploy.export.onnx import DUMMY_HW, example_input, model_device
 
     model = torch.nn.Conv2d(3, 4, 3).to("meta")  # stands in for a CUDA model on a CPU-only machine
     x = example_input(model)
@@ -36,7 +36,7 @@ def _tiny_onnx(path):
 
 @pytest.mark.parametrize("kind,expected", [("auto", "KIND_CPU"), ("cpu", "KIND_CPU"), ("gpu", "KIND_GPU")])
 def test_triton_onnx_instance_kind(tmp_path, kind, expected):
-    from export.triton import write_triton_repository
+    from sfdeploy.export.triton import write_triton_repository
 
     model_dir = write_triton_repository(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "repo", model_name="m",
                                         instance_kind=kind)

@@ -15,7 +15,7 @@ TINY_MODEL_TOLERANCES = {"score": 0.2, "box_rel": 0.1}
 @pytest.fixture(scope="module")
 def quantized(exported, tmp_path_factory):  # type: ignore[no-untyped-def]
     """detector -> (fp32 path, int8 path, QuantizeResult), quantized lazily with 4 calibration images."""
-    from export.quantize import quantize_int8
+    from sfdeploy.export.quantize import quantize_int8
 
     root = tmp_path_factory.mktemp("int8")
 
@@ -59,9 +59,9 @@ def test_int8_graph_quantizes_the_network_only(detector, quantized):  # type: ig
 
 @pytest.mark.parametrize("detector", ["retinanet", "fcos"])
 def test_int8_agrees_with_fp32_and_serves(detector, quantized):  # type: ignore[no-untyped-def]
-    from export.quant_check import check_agreement
-    from export.quantize import check_images
-    from serving import load
+    from sfdeploy.export.quant_check import check_agreement
+    from sfdeploy.export.quantize import check_images
+    from sfdeploy.serving import load
 
     fp32, int8, _ = quantized[detector]
     # 20-step models calibrated on 4 images: looser score/box bounds than the trained-model defaults, same agreement
@@ -76,15 +76,15 @@ def test_int8_agrees_with_fp32_and_serves(detector, quantized):  # type: ignore[
 
 def test_agreement_check_catches_a_wrong_graph(quantized):  # type: ignore[no-untyped-def]
     """fcos int8 vs retinanet fp32: different models must not pass the agreement check."""
-    from export.quant_check import check_agreement
-    from export.quantize import check_images
+    from sfdeploy.export.quant_check import check_agreement
+    from sfdeploy.export.quantize import check_images
 
     report = check_agreement(quantized["retinanet"][0], quantized["fcos"][1], check_images(None, sizes=(256,)))
     assert not report.passed and report.agreement < 0.9 and "agreement" in report.summary()
 
 
 def test_calibration_images_come_from_the_data():  # type: ignore[no-untyped-def]
-    from export.quantize import calibration_images
+    from sfdeploy.export.quantize import calibration_images
 
     imgs = calibration_images("synthetic:10", 4)
     assert len(imgs) == 4 and all(i.dtype == np.float32 and i.shape[:2] == (1, 3) for i in imgs)
@@ -114,7 +114,7 @@ def test_cli_int8(checkpoints, tmp_path, capsys):  # type: ignore[no-untyped-def
 
 
 def test_unknown_calibration_method_is_a_user_error(exported, tmp_path):  # type: ignore[no-untyped-def]
-    from export.quantize import quantize_int8
+    from sfdeploy.export.quantize import quantize_int8
     from sfdeploy.errors import UserError
 
     with pytest.raises(UserError, match="calibration method"):
@@ -124,7 +124,7 @@ def test_unknown_calibration_method_is_a_user_error(exported, tmp_path):  # type
 
 def test_calibration_images_resized_to_one_shape():  # type: ignore[no-untyped-def]
     """Histogram calibrators stack activations over images: they must all have one shape."""
-    from export.quantize import calibration_images
+    from sfdeploy.export.quantize import calibration_images
 
     assert {i.shape for i in calibration_images("synthetic:6", 3, size=64)} == {(1, 3, 64, 64)}
 
@@ -135,7 +135,7 @@ def test_two_stage_histogram_calibration_is_refused(tmp_path):  # type: ignore[n
     import onnx
     from onnx import TensorProto, helper
 
-    from export.quantize import quantize_int8
+    from sfdeploy.export.quantize import quantize_int8
     from sfdeploy.errors import UserError
 
     g = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",

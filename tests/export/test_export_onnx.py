@@ -25,7 +25,7 @@ def test_torchscript_export_parity(detector, exported):  # type: ignore[no-untyp
 def test_metadata_and_checker(detector, exported):  # type: ignore[no-untyped-def]
     import onnx
 
-    from export.onnx import read_metadata
+    from sfdeploy.export.onnx import read_metadata
     from sfdeploy.config import ModelConfig
 
     res = exported[detector]
@@ -53,8 +53,8 @@ def test_zero_detections(detector, checkpoints, tmp_path):  # type: ignore[no-un
     """A threshold nothing reaches: every output has N = 0 with the right trailing shape and dtype."""
     import torch
 
-    from export.onnx import export_onnx
-    from export.verify import ort_session
+    from sfdeploy.export.onnx import export_onnx
+    from sfdeploy.export.verify import ort_session
     from sfdeploy.checkpoint import load_model
 
     model, ckpt = load_model(checkpoints[detector])
@@ -81,7 +81,7 @@ def test_parity_failure_is_reported(exported, checkpoints):  # type: ignore[no-u
     """A graph from different weights fails the check with a readable report."""
     import torch
 
-    from export.verify import verify_onnx
+    from sfdeploy.export.verify import verify_onnx
     from sfdeploy.checkpoint import load_model
 
     model, ckpt = load_model(checkpoints["fcos"])
@@ -96,7 +96,7 @@ def test_adapters_restore_torchvision(checkpoints):  # type: ignore[no-untyped-d
     import torchvision.models.detection._utils as det_utils
     import torchvision.ops.boxes as box_ops
 
-    from export.adapters import export_patches
+    from sfdeploy.export.adapters import export_patches
     from sfdeploy.checkpoint import load_model
 
     import torchvision.models.detection.transform as transform_mod
@@ -126,7 +126,7 @@ def test_symbolic_transform_adapters_match_torchvision(hw, min_max):  # type: ig
     import torch
     import torchvision.models.detection.transform as transform_mod
 
-    from export.adapters import _symbolic_batch_images, _symbolic_resize
+    from sfdeploy.export.adapters import _symbolic_batch_images, _symbolic_resize
 
     img = torch.rand(3, *hw, generator=torch.Generator().manual_seed(0))
     ref, _ = transform_mod._resize_image_and_masks(img, min_max[0], min_max[1])
@@ -142,7 +142,7 @@ def test_symbolic_multiscale_roi_align_matches_torchvision():  # type: ignore[no
     from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops import poolers as poolers_mod
 
-    from export.adapters import _symbolic_multiscale_roi_align
+    from sfdeploy.export.adapters import _symbolic_multiscale_roi_align
 
     g = torch.Generator().manual_seed(0)
     feats = {k: torch.rand(1, 4, 256 // 2**i, 192 // 2**i, generator=g) for i, k in enumerate(["0", "1", "2", "3"])}
@@ -162,7 +162,7 @@ def test_loop_free_mask_paste_matches_torchvision(hw):  # type: ignore[no-untype
     import torch
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from export.adapters import paste_masks_vectorised
+    from sfdeploy.export.adapters import paste_masks_vectorised
 
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(40, 2, generator=g) * torch.tensor([hw[1], hw[0]]) - 15
@@ -179,7 +179,7 @@ def test_branch_free_decode_matches_torchvision():  # type: ignore[no-untyped-de
     import torch
     from torchvision.models.detection._utils import BoxCoder
 
-    from export.adapters import _branch_free_decode
+    from sfdeploy.export.adapters import _branch_free_decode
 
     g = torch.Generator().manual_seed(0)
     coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
@@ -195,7 +195,7 @@ def test_multiclass_nms_matches_torchvision():  # type: ignore[no-untyped-def]
     import torch
     from torchvision.ops import batched_nms
 
-    from export.adapters import _call_site, _multiclass_batched_nms
+    from sfdeploy.export.adapters import _call_site, _multiclass_batched_nms
 
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(3000, 2, generator=g) * 200
@@ -212,8 +212,8 @@ def test_multiclass_nms_matches_torchvision():  # type: ignore[no-untyped-def]
 def test_simplify_keeps_parity(exported, checkpoints, tmp_path):  # type: ignore[no-untyped-def]
     import shutil
 
-    from export.onnx import read_metadata, simplify_onnx
-    from export.verify import verify_onnx
+    from sfdeploy.export.onnx import read_metadata, simplify_onnx
+    from sfdeploy.export.verify import verify_onnx
     from sfdeploy.checkpoint import load_model
 
     path = tmp_path / "slim.onnx"

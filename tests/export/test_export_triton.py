@@ -24,7 +24,7 @@ def _dims(cfg) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
 def test_triton_repository(detector, exported, tmp_path):  # type: ignore[no-untyped-def]
     import onnx
 
-    from export.triton import write_triton_repository
+    from sfdeploy.export.triton import write_triton_repository
 
     res = exported[detector]
     model_dir = write_triton_repository(res.path, tmp_path / "repo")
@@ -50,7 +50,7 @@ def test_triton_repository(detector, exported, tmp_path):  # type: ignore[no-unt
 
 
 def test_triton_instances_and_names(exported, tmp_path):  # type: ignore[no-untyped-def]
-    from export.triton import write_triton_repository
+    from sfdeploy.export.triton import write_triton_repository
     from sfdeploy.errors import UserError
 
     path = exported["retinanet"].path
@@ -75,7 +75,7 @@ def test_triton_dynamic_batch_graph(tmp_path):  # type: ignore[no-untyped-def]
     import onnx
     from onnx import TensorProto, helper
 
-    from export.triton import write_triton_repository
+    from sfdeploy.export.triton import write_triton_repository
 
     g = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",
                           [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "h", "w"])],

@@ -113,7 +113,7 @@ class FakePredictor:
     backend shares (decode, resize, padding, thresholds, coordinates, box-local masks, RLE) in milliseconds."""
 
     def __new__(cls, masks: bool = True, size: int = 64, seed: int = 0, detections: int = 5):  # type: ignore[misc]
-        from serving.predictor import Predictor
+        from sfdeploy.serving.predictor import Predictor
 
         cfg = tiny_config("mask_rcnn" if masks else "retinanet", size=size)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import serving
+from sfdeploy import serving
 from sfdeploy import processing
 from sfdeploy.errors import UserError
 from sfdeploy.viz import draw_detections
@@ -73,7 +73,7 @@ def test_load_dispatch_and_errors(artefacts, tmp_path):
 
 
 def test_provider_preference():
-    from serving.backends.onnxruntime_backend import choose_providers
+    from sfdeploy.serving.backends.onnxruntime_backend import choose_providers
 
     avail = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
     assert choose_providers(avail) == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # TensorRT is opt-in

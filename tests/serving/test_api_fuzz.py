@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
                                                status_code_conformance)
 from starlette.testclient import TestClient
 
-from serving.server import create_app
+from sfdeploy.serving.server import create_app
 
 from serving_helpers import FakePredictor
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from serving import cli as serving_cli
+from sfdeploy.serving import cli as serving_cli
 
 from serving_helpers import synthetic_image, write_jpeg
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import serving
-from serving import cli as serving_cli
-from serving.http_timeouts import uvicorn_config
-from serving.server import create_app
+from sfdeploy import serving
+from sfdeploy.serving import cli as serving_cli
+from sfdeploy.serving.http_timeouts import uvicorn_config
+from sfdeploy.serving.server import create_app
 
 from serving_helpers import synthetic_image, write_jpeg
 
@@ -256,7 +256,7 @@ def test_slow_body_gets_408(service):
 
 
 def test_serve_flags_reach_the_server(monkeypatch):
-    from serving import server
+    from sfdeploy.serving import server
 
     seen = {}
     monkeypatch.setattr(server, "serve", lambda artefacts, **kw: seen.update(kw))

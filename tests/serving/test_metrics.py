@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import serving
-from serving.server import create_app
+from sfdeploy import serving
+from sfdeploy.serving.server import create_app
 
 from serving_helpers import synthetic_image
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.backends.onnxruntime_backend import choose_providers
-from serving.backends.ort_providers import device_id, with_options
+from sfdeploy.serving.backends.onnxruntime_backend import choose_providers
+from sfdeploy.serving.backends.ort_providers import device_id, with_options
 from sfdeploy.errors import UserError
 from sfdeploy.ort import import_onnxruntime, warn_if_no_cuda
 

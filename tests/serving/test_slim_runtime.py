@@ -31,8 +31,8 @@ sys.meta_path.insert(0, Block())
 import numpy as np
 from PIL import Image
 from fastapi.testclient import TestClient
-import serving
-from serving.server import create_app
+from sfdeploy import serving
+from sfdeploy.serving.server import create_app
 from sfdeploy.cli import main
 
 pred = serving.load(sys.argv[1])
@@ -80,7 +80,7 @@ def test_core_dependencies_are_the_slim_runtime():  # type: ignore[no-untyped-de
     assert any("full" in d for d in project["optional-dependencies"]["dev"])  # CI installs everything
 
 
-@pytest.mark.parametrize("module", ["serving", "serving.server", "serving.metrics", "sfdeploy.cli"])
+@pytest.mark.parametrize("module", ["sfdeploy.serving", "sfdeploy.serving.server", "sfdeploy.serving.metrics", "sfdeploy.cli"])
 def test_light_modules_import_without_full(module):  # type: ignore[no-untyped-def]
     code = (f"import sys; import {module}; from sfdeploy.cli import FULL_INSTALL_MODULES; "
             "bad = [m for m in sys.modules if m.split('.')[0] in FULL_INSTALL_MODULES]; assert not bad, bad")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from serving.backends.tensorrt_backend import TensorRTPredictor
-from serving.backends.trt_runtime import (DEFAULT_PROFILE, Profile, TensorRTCallError, execute, fit_to_profile)
-from serving.predictor import Predictor, build_metadata_props, parse_metadata
+from sfdeploy.serving.backends.tensorrt_backend import TensorRTPredictor
+from sfdeploy.serving.backends.trt_runtime import (DEFAULT_PROFILE, Profile, TensorRTCallError, execute, fit_to_profile)
+from sfdeploy.serving.predictor import Predictor, build_metadata_props, parse_metadata
 from serving_helpers import tiny_config
 
 
@@ -156,7 +156,7 @@ def test_every_return_value_is_checked():
 
 
 def test_fp16_build_mode_follows_the_tensorrt_major_version():
-    from export.tensorrt import fp16_mode
+    from sfdeploy.export.tensorrt import fp16_mode
 
     trt10 = types.SimpleNamespace(BuilderFlag=types.SimpleNamespace(FP16=1, REFIT=2))
     trt11 = types.SimpleNamespace(BuilderFlag=types.SimpleNamespace(REFIT=2))  # FP16 removed in 11

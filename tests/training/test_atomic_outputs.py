@@ -8,7 +8,7 @@ import stat
 import subprocess
 import sys
 
-from training.trainer import train
+from sfdeploy.training.trainer import train
 
 from test_train import tiny_cfg
 

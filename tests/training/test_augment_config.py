@@ -8,14 +8,14 @@ from unittest import mock
 import yaml
 
 from sfdeploy.data.augment import V2Step
-from training.config import TrainConfig
-from training.data import train_transforms_for
+from sfdeploy.training.config import TrainConfig
+from sfdeploy.training.data import train_transforms_for
 
 
 def main(argv: list[str]) -> int:
     import sfdeploy.cli as cli
 
-    with mock.patch.object(cli, "STAGE_MODULES", ("training.cli",)):
+    with mock.patch.object(cli, "STAGE_MODULES", ("sfdeploy.training.cli",)):
         return cli.main(argv)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from sfdeploy.checkpoint import load_checkpoint
 from sfdeploy.config import ModelConfig
 from sfdeploy.data import DataError
-from training.config import TrainConfig
+from sfdeploy.training.config import TrainConfig
 
 IDS = [3, 7, 12]
 
@@ -46,7 +46,7 @@ def cli_main(argv: list[str], stages: tuple[str, ...]) -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from training.trainer import train
+    from sfdeploy.training.trainer import train
 
     tmp = tmp_path_factory.mktemp("ids")
     data = write_coco(tmp / "data", IDS)
@@ -68,8 +68,7 @@ def test_checkpoint_config_carries_the_source_ids(trained) -> None:
 
 
 def test_predictions_and_coco_results_use_the_source_ids(trained) -> None:
-    import serving
-
+    from sfdeploy import serving
     data, ckpt = trained
     predictor = serving.load(str(ckpt), backend="torch")
     dets = predictor.predict(str(data.parent / "0.png"), score_thresh=0.0, max_detections=50)
@@ -85,7 +84,7 @@ def test_predict_cli_json_writes_source_ids(trained, tmp_path: Path) -> None:
     data, ckpt = trained
     out = tmp_path / "results.json"
     rc = cli_main(["predict", str(ckpt), str(data.parent / "1.png"), "--json", str(out), "--threshold", "0"],
-                  ("serving.cli",))
+                  ("sfdeploy.serving.cli",))
     assert rc == 0
     results = json.loads(out.read_text())
     assert results and {r["category_id"] for r in results} <= set(IDS)
@@ -94,7 +93,7 @@ def test_predict_cli_json_writes_source_ids(trained, tmp_path: Path) -> None:
 
 
 def test_eval_scores_in_source_ids_and_refuses_other_ids(trained, tmp_path: Path) -> None:
-    from training.evaluate import evaluate_checkpoint
+    from sfdeploy.training.evaluate import evaluate_checkpoint
 
     data, ckpt = trained
     metrics = evaluate_checkpoint(ckpt, str(data), progress=False)
@@ -108,7 +107,7 @@ def test_eval_scores_in_source_ids_and_refuses_other_ids(trained, tmp_path: Path
 @pytest.mark.slow
 def test_onnx_metadata_carries_the_source_ids(trained, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from export.onnx import export_onnx, read_metadata
+    from sfdeploy.export.onnx import export_onnx, read_metadata
 
     _, ckpt = trained
     out = tmp_path / "model.onnx"

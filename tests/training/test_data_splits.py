@@ -16,7 +16,7 @@ from PIL import Image
 
 from sfdeploy.data import CocoDataset, ImageAnnotation, SyntheticDataset
 from sfdeploy.data.split import holdout_indices, holdout_split
-from training.metrics_log import read_metrics
+from sfdeploy.training.metrics_log import read_metrics
 
 TINY = ["--backbone", "resnet18", "--fpn-channels", "32", "--image-size", "64", "--batch-size", "2", "--workers",
         "0", "--no-progress", "--max-steps", "2", "--warmup-steps", "1", "--model", "retinanet"]
@@ -25,7 +25,7 @@ TINY = ["--backbone", "resnet18", "--fpn-channels", "32", "--image-size", "64", 
 def main(argv: list[str]) -> int:
     import sfdeploy.cli as cli
 
-    with mock.patch.object(cli, "STAGE_MODULES", ("training.cli",)):
+    with mock.patch.object(cli, "STAGE_MODULES", ("sfdeploy.training.cli",)):
         return cli.main(argv)
 
 
@@ -105,7 +105,7 @@ def test_train_val_fraction_holds_out_images_from_training_and_priors(tmp_path: 
     evals = [r for r in rows if r.get("event") == "eval"]
     assert evals and evals[-1]["metrics"]["images"] == 2
 
-    from training.evaluate import evaluate_checkpoint
+    from sfdeploy.training.evaluate import evaluate_checkpoint
 
     held = holdout_split(CocoDataset(data), 0.25, 4)[1]
     metrics = evaluate_checkpoint(out / "last.pt", str(data), val_fraction=0.25, split_seed=4, progress=False)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sfdeploy.checkpoint import load_checkpoint
-from training.metrics_log import read_metrics
+from sfdeploy.training.metrics_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ def test_two_process_gloo(tmp_path):
     out = tmp_path / "ddp"
     # `python -m sfdeploy` with only the training stage registered (the other stages are optional here)
     script = tmp_path / "sfdeploy_train.py"
-    script.write_text("import sys\nimport sfdeploy.cli as c\nc.STAGE_MODULES = ('training.cli',)\nsys.exit(c.main())\n")
+    script.write_text("import sys\nimport sfdeploy.cli as c\nc.STAGE_MODULES = ('sfdeploy.training.cli',)\nsys.exit(c.main())\n")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

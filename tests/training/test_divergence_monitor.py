@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from training.divergence import Divergence, DivergenceMonitor
+from sfdeploy.training.divergence import Divergence, DivergenceMonitor
 
 
 def test_non_finite_term_is_reported_first_in_name_order_and_not_kept() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.eval_report import confusion_matrix, pr_curves
+from sfdeploy.training.eval_report import confusion_matrix, pr_curves
 
 GT = {
     "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
@@ -64,7 +64,7 @@ def test_eval_cli_writes_report_next_to_json(tmp_path: Path, capsys) -> None:
                       fpn_channels=32, class_names=["circle", "square", "triangle", "star"], score_thresh=0.0)
     path = save_checkpoint(tmp_path / "m.pt", build_model(cfg), cfg)
     out = tmp_path / "report"
-    with mock.patch.object(cli, "STAGE_MODULES", ("training.cli",)):
+    with mock.patch.object(cli, "STAGE_MODULES", ("sfdeploy.training.cli",)):
         rc = cli.main(["eval", str(path), "--data", "synthetic:3", "--json", "--device", "cpu", "--out", str(out)])
     stdout, _ = capsys.readouterr()
     assert rc == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.evaluate import METRIC_KEYS, coco_metrics, detections_to_coco, evaluate, format_metrics
+from sfdeploy.training.evaluate import METRIC_KEYS, coco_metrics, detections_to_coco, evaluate, format_metrics
 
 BACKENDS = ["faster_coco_eval", "pycocotools"]
 
@@ -218,7 +218,7 @@ def _eval_main(argv: list[str]) -> int:
     import sys
 
     from sfdeploy.errors import user_error_types as _user_error_types
-    from training.evaluate_cli import register_eval
+    from sfdeploy.training.evaluate_cli import register_eval
 
     parser = argparse.ArgumentParser(prog="sfdeploy")
     register_eval(parser.add_subparsers(dest="command", required=True))
@@ -265,7 +265,7 @@ def test_eval_cli_json_and_table(tmp_path, capsys):
 def test_falls_back_to_pycocotools_without_faster_coco_eval(monkeypatch):
     import sys
 
-    from training.evaluate import EvaluationError, _resolve_backend
+    from sfdeploy.training.evaluate import EvaluationError, _resolve_backend
 
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import raises ImportError
     assert _resolve_backend("auto") == "pycocotools"

@@ -12,11 +12,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FrozenBatchNorm2d
 
-import training.distributed as D
+import sfdeploy.training.distributed as D
 from sfdeploy.config import ConfigError
 from sfdeploy.models.precision import Fp32AnchorGenerator, Fp32BoxCoder, keep_geometry_fp32
-from training.metrics_log import read_metrics
-from training.trainer import train
+from sfdeploy.training.metrics_log import read_metrics
+from sfdeploy.training.trainer import train
 
 from test_train import tiny_cfg
 
@@ -136,7 +136,7 @@ def test_values_are_read_on_logging_steps_only_and_a_nan_between_reads_is_caught
 
 
 def test_uint8_images_round_trip_within_half_a_level():
-    from training.gpu import Uint8Images, image_to_device
+    from sfdeploy.training.gpu import Uint8Images, image_to_device
 
     image = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(0))
     data = Uint8Images([(image, {"boxes": torch.zeros(0, 4)})])
@@ -148,8 +148,8 @@ def test_uint8_images_round_trip_within_half_a_level():
 
 
 def test_amp_modes():
-    from training.config import TrainConfig
-    from training.gpu import amp_dtype
+    from sfdeploy.training.config import TrainConfig
+    from sfdeploy.training.gpu import amp_dtype
 
     cpu = torch.device("cpu")
     assert amp_dtype("off", cpu) is None and amp_dtype("fp16", cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16

@@ -133,7 +133,7 @@ def test_train_cli_fine_tunes_a_checkpoint_on_new_classes(tmp_path: Path, capsys
     argv = ["train", "--model", "retinanet", "--backbone", "resnet18", "--fpn-channels", "32", "--image-size", "64",
             "--data", "synthetic:4", "--batch-size", "2", "--workers", "0", "--max-steps", "1", "--no-progress",
             "--weights", str(source), "--out", str(out)]
-    with mock.patch.object(cli, "STAGE_MODULES", ("training.cli",)):
+    with mock.patch.object(cli, "STAGE_MODULES", ("sfdeploy.training.cli",)):
         rc = cli.main(argv)
     err = capsys.readouterr().err
     assert rc == 0, err

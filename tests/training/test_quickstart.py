@@ -47,8 +47,8 @@ def test_missing_training_package_is_a_clear_user_error(tmp_path, monkeypatch):
 
     from sfdeploy.errors import UserError
 
-    monkeypatch.setitem(sys.modules, "training.trainer", None)  # what a missing module looks like to `import`
-    with pytest.raises(UserError, match="training needs `training.trainer`"):
+    monkeypatch.setitem(sys.modules, "sfdeploy.training.trainer", None)  # what a missing module looks like to `import`
+    with pytest.raises(UserError, match="training needs `sfdeploy.training.trainer`"):
         qs.quickstart(out=tmp_path, fast=True)
 
 
@@ -56,7 +56,7 @@ def test_stage_callback_reports_every_stage_in_order(tmp_path, monkeypatch):
     """The demo's progress comes from on_stage (stage k of 5), not from parsing stderr."""
     from types import SimpleNamespace
 
-    import training.trainer
+    import sfdeploy.training.trainer as trainer_module
 
     def fake_train(cfg, progress=True):  # a finished run without metrics: the quickstart evaluates itself
         out = Path(cfg.out)
@@ -64,7 +64,7 @@ def test_stage_callback_reports_every_stage_in_order(tmp_path, monkeypatch):
         return SimpleNamespace(out_dir=out, outcome="completed", steps=1, median_step_time_s=0.1, final_metrics={},
                                best_checkpoint=None, priors={}, message="")
 
-    monkeypatch.setattr(training.trainer, "train", fake_train)
+    monkeypatch.setattr(trainer_module, "train", fake_train)
     seen = []
     summary = qs.quickstart(out=tmp_path, fast=True, backbone="resnet18", progress=False,
                             on_stage=lambda k, total, text: seen.append((k, total, text.split(" ")[0])))
@@ -86,10 +86,10 @@ def _importable(module: str, attr: str | None = None) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_quickstart_fast_end_to_end(tmp_path, capsys):
-    for module in ("training.trainer", "serving", "sfdeploy.viz"):
+    for module in ("sfdeploy.training.trainer", "sfdeploy.serving", "sfdeploy.viz"):
         if not _importable(module):
             pytest.skip(f"{module} is not importable yet (written in parallel)")
-    has_export = _importable("export", "export_onnx") or _importable("export.onnx", "export_onnx")
+    has_export = _importable("sfdeploy.export", "export_onnx") or _importable("sfdeploy.export.onnx", "export_onnx")
     args = _parser().parse_args(["quickstart", "--fast", "--out", str(tmp_path / "qs"), "--device", "cpu", "--json"])
     rc = quickstart_cli.run_quickstart(args)
     out, err = capsys.readouterr()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from training.report import make_report, plot_comparison
+from sfdeploy.training.report import make_report, plot_comparison
 
 
 def _write(path, guided: bool, n: int = 30):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from sfdeploy.checkpoint import load_checkpoint
-from training.metrics_log import read_metrics
-from training.trainer import train
+from sfdeploy.training.metrics_log import read_metrics
+from sfdeploy.training.trainer import train
 
 from test_train import tiny_cfg
 

@@ -10,8 +10,8 @@ import torch
 
 from sfdeploy.checkpoint import load_checkpoint
 from sfdeploy.config import ModelConfig
-from training.config import TrainConfig
-from training.metrics_log import read_metrics
+from sfdeploy.training.config import TrainConfig
+from sfdeploy.training.metrics_log import read_metrics
 
 def main(argv: list[str]) -> int:
     """`sfdeploy ARGV` with only the training stage registered (other stages are built in parallel)."""
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
 
     import sfdeploy.cli as cli
 
-    with mock.patch.object(cli, "STAGE_MODULES", ("training.cli",)):
+    with mock.patch.object(cli, "STAGE_MODULES", ("sfdeploy.training.cli",)):
         return cli.main(argv)
 
 
@@ -68,7 +68,7 @@ def test_train_cli_retinanet_sampling_free_writes_everything(tmp_path, capsys):
 
 
 def test_train_faster_rcnn_sampling_free(tmp_path):
-    from training.trainer import train
+    from sfdeploy.training.trainer import train
 
     r = train(tiny_cfg(tmp_path / "frcnn", "faster_rcnn", max_steps=2, priors={"rpn": 2e-4}), progress=False)
     assert r.outcome == "completed" and r.steps == 2
@@ -81,7 +81,7 @@ def test_train_faster_rcnn_sampling_free(tmp_path):
 
 
 def test_baseline_metrics_have_no_guide(tmp_path):
-    from training.trainer import train
+    from sfdeploy.training.trainer import train
 
     r = train(tiny_cfg(tmp_path / "base", method="baseline", max_steps=2), progress=False)
     assert r.outcome == "completed"
@@ -95,7 +95,7 @@ def test_baseline_metrics_have_no_guide(tmp_path):
 def test_config_file_plus_overrides(tmp_path):
     import argparse
 
-    from training.cli import _register_train, config_from_args
+    from sfdeploy.training.cli import _register_train, config_from_args
 
     cfg_file = tmp_path / "train.yaml"
     cfg_file.write_text("model:\n  detector: fcos\n  backbone: mobilenet_v3_large\n  fpn_channels: 64\n"
@@ -118,7 +118,7 @@ def test_config_file_plus_overrides(tmp_path):
 def test_rcnn_cost_knob_flags():
     import argparse
 
-    from training.cli import _register_train, config_from_args
+    from sfdeploy.training.cli import _register_train, config_from_args
 
     parser = argparse.ArgumentParser()
     _register_train(parser.add_subparsers())
@@ -143,7 +143,7 @@ def test_bad_data_and_config_are_one_line_errors(tmp_path, capsys):
 
 def test_optimizer_groups_and_schedule():
     from sfdeploy.models import build_model
-    from training.optim import build_optimizer, lr_factor
+    from sfdeploy.training.optim import build_optimizer, lr_factor
 
     cfg = tiny_cfg(Path("unused"), max_steps=90, warmup_steps=10)
     model = build_model(cfg.model)
@@ -161,7 +161,7 @@ def test_optimizer_groups_and_schedule():
 def test_authors_protocol_flags():
     import argparse
 
-    from training.cli import _register_train, config_from_args
+    from sfdeploy.training.cli import _register_train, config_from_args
 
     parser = argparse.ArgumentParser()
     _register_train(parser.add_subparsers())
