@@ -245,7 +245,7 @@ def test_demo_cli_registers_and_stays_light() -> None:
     args = parser.parse_args(["demo", "--models", "m", "--port", "7999"])
     assert args.handler is demo_cli.run and args.models == "m" and args.port == 7999 and args.host == "127.0.0.1"
     assert args.allow_train is False and parser.parse_args(["demo", "--allow-train"]).allow_train is True
-    code = ("import sys, sfdeploy.demo_cli; heavy = [m for m in ('torch', 'gradio', 'app', 'serving') "
+    code = ("import sys, sfdeploy.demo_cli; heavy = [m for m in ('torch', 'gradio', 'app', 'sfdeploy.serving') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -267,7 +267,7 @@ def _png_bytes(image) -> bytes:  # noqa: ANN001
 
 def test_import_app_is_light() -> None:
     t0 = time.perf_counter()
-    code = "import sys, app; print([m for m in ('torch', 'gradio', 'serving') if m in sys.modules])"
+    code = "import sys, app; print([m for m in ('torch', 'gradio', 'sfdeploy.serving') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     assert time.perf_counter() - t0 < 30

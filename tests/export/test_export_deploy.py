@@ -117,7 +117,7 @@ def test_cli_module_is_light():  # type: ignore[no-untyped-def]
     import subprocess
     import sys
 
-    code = "import sys, export.cli, export; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    code = "import sys, sfdeploy.export.cli, sfdeploy.export; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 

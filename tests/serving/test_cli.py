@@ -23,7 +23,7 @@ def test_cli_module_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, serving.cli; heavy=[m for m in ('torch','onnxruntime','fastapi') if m in sys.modules];"
+    code = ("import sys, sfdeploy.serving.cli; heavy=[m for m in ('torch','onnxruntime','fastapi') if m in sys.modules];"
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
