@@ -218,3 +218,33 @@ def test_legacy_quant_staging_goes_only_when_unambiguous_and_old(tmp_path: Path)
             make(".quant-toolongname", ("final.onnx",), old), make("quant-abcdefgh", ("final.onnx",), old)]
     assert sorted(remove_legacy_staging(tmp_path)) == sorted(gone)
     assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_triton_export_failing_parity_leaves_the_repository_as_it_was(tiny_checkpoint: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton loads every folder of its repository: a failed export must not leave a staging folder (or anything)
+    in it; the failed graph is kept next to the repository; a later export works and clears an old `_staging`."""
+    import sfdeploy.export.onnx as eo
+    from sfdeploy.export.verify import ParityReport
+    from test_export_deploy import run_cli
+
+    repo = tmp_path / "repo"
+    base = ["export", str(tiny_checkpoint), "--format", "triton", "--exporter", "torchscript"]
+    assert run_cli(base + ["--out", str(repo), "--model-name", "served", "--no-verify"]) == 0
+    before = _tree(repo)
+    monkeypatch.setattr(eo, "verify_onnx", lambda path, *a, **k: ParityReport(str(path), {}, []))  # never passes
+    assert run_cli(base + ["--out", str(repo), "--model-name", "new"]) == 1
+    assert _tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "repo.parity-failed"]  # no staging folder either
+    assert run_cli(base + ["--out", str(tmp_path / "fresh")]) == 1
+    assert not (tmp_path / "fresh").exists()
+    monkeypatch.undo()
+    (repo / "_staging").mkdir()  # what a failed export of an older version left
+    (repo / "_staging" / "model.onnx").write_bytes(b"graph")
+    assert run_cli(base + ["--out", str(repo), "--model-name", "new", "--no-verify"]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["new", "served"]
+    assert sorted(p.name for p in (repo / "new").iterdir()) == ["1", "config.pbtxt"]
