@@ -85,7 +85,7 @@ def _export(args: argparse.Namespace) -> int:
         return _export_to(args, None)
     from sfdeploy.io import remove_stale_temp_files, temp_dir
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # `--out .` has no name to stage beside
     remove_stale_temp_files(out.parent, name=out.name)  # the staging folder of a killed earlier export
     with temp_dir(out) as staging:
         return _export_to(args, staging)
@@ -94,7 +94,7 @@ def _export(args: argparse.Namespace) -> int:
 def _keep_failed_graph(report: Any, out: Path) -> None:
     """A Triton export's graph that failed parity sits in the staging folder, which is deleted: keep it for inspection
     as `<repository>.parity-failed`, next to the repository (where Triton does not look)."""
-    failed = Path(report.artefact)
+    failed, out = Path(report.artefact), out.resolve()
     if failed.is_file():
         kept = out.with_name(f"{out.name}.parity-failed")
         os.replace(failed, kept)  # the staging folder is next to `out`: same file system

@@ -242,6 +242,10 @@ def test_triton_export_failing_parity_leaves_the_repository_as_it_was(tiny_check
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "repo.parity-failed"]  # no staging folder either
     assert run_cli(base + ["--out", str(tmp_path / "fresh")]) == 1
     assert not (tmp_path / "fresh").exists()
+    monkeypatch.chdir(repo)
+    assert run_cli(base + ["--out", ".", "--model-name", "new"]) == 1  # the repository as `.`: staged beside it too
+    assert _tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.parity-failed", "repo", "repo.parity-failed"]
     monkeypatch.undo()
     (repo / "_staging").mkdir()  # what a failed export of an older version left
     (repo / "_staging" / "model.onnx").write_bytes(b"graph")
