@@ -131,10 +131,11 @@ def temp_dir(path: str | Path) -> Iterator[Path]:
 
 
 def _lock(path: Path, *, create: bool) -> int | None:
-    """A descriptor holding an exclusive lock on `path`; None when the file is missing or another process holds it."""
+    """A descriptor holding an exclusive lock on `path`; None when the file is missing, not ours to open, or locked
+    by another process."""
     try:
         fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
-    except FileNotFoundError:
+    except OSError:  # missing, or another user's
         return None
     if fcntl is None:
         return fd
@@ -170,6 +171,8 @@ def _remove_stale_dir(folder: Path, pid: int) -> bool:
             return False
         shutil.rmtree(folder, ignore_errors=True)
         return not folder.exists()
+    except OSError:  # removed meanwhile by another cleanup
+        return False
     finally:
         if lock is not None:
             os.close(lock)
