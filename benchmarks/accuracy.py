@@ -8,7 +8,8 @@ Variants (`--variants`):
   baseline       focal loss (one-stage) / biased 256@1:1 + 512@1:3 sampling (two-stage)
   ce             plain CE over all samples, baseline's prior, no guided scaling        (paper: diverges)
   ce+init        ce + optimal bias initialisation only                                    (paper: diverges)
-  ce+guided      ce + guided loss scaling only                                            (paper: diverges)
+  ce+guided      ce + guided loss scaling only, the default (authors' 2021) one-stage form  (paper: diverges)
+  ce+guided-paper  ce+guided in the paper's eq. 24 form (the paper's Table III column)
   sampling_free  ce + optimal init + guided scaling (= the method)
   sf-512rois     sampling_free with 512 instead of 1000 training proposals per image (R-CNNs; the cost knob)
   sf-mask128     sampling_free Mask R-CNN, mask head on at most 128 random positives per image (the cost knob)
@@ -49,6 +50,7 @@ VARIANTS = {
     "ce": {"method": "ce"},
     "ce+init": {"method": "ce", "optimal_init": True},
     "ce+guided": {"method": "ce", "guided_scaling": True},
+    "ce+guided-paper": {"method": "ce", "guided_scaling": True, "guided_form": "paper"},
     "sampling_free": {"method": "sampling_free"},
     "sf-512rois": {"method": "sampling_free", "rpn_post_nms_top_n_train": 512},
     "sf-mask128": {"method": "sampling_free", "mask_positives_per_image": 128},

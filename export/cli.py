@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,38 @@ def _given_options(args: argparse.Namespace) -> set[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    """Triton: the graph is built and checked in a `temp_dir` next to the repository, never inside it (Triton polls
+    the repository and would load a half-built or failed model), and copied in only when every check passed."""
+    if args.format != "triton":
+        return _export_to(args, None)
+    from sfdeploy.io import remove_stale_temp_files, temp_dir
+
+    out = Path(args.out).resolve()  # `--out .` has no name to stage beside
+    remove_stale_temp_files(out.parent, name=out.name)  # the staging folder of a killed earlier export
+    with temp_dir(out) as staging:
+        return _export_to(args, staging)
+
+
+def _keep_failed_graph(report: Any, out: Path) -> None:
+    """A Triton export's graph that failed parity sits in the staging folder, which is deleted: keep it for inspection
+    as `<repository>.parity-failed`, next to the repository (where Triton does not look)."""
+    failed, out = Path(report.artefact), out.resolve()
+    if failed.is_file():
+        kept = out.with_name(f"{out.name}.parity-failed")
+        os.replace(failed, kept)  # the staging folder is next to `out`: same file system
+        report.artefact = str(kept)
+
+
+def _remove_old_staging(out: Path) -> None:
+    """`<repository>/_staging`, where versions before 2026-12-02 built the graph and left it when an export failed.
+    Removed only when it cannot be a model: plain files only, no config.pbtxt, no version folder."""
+    old = out / "_staging"
+    if old.is_dir() and not old.is_symlink() and all(p.is_file() and not p.is_symlink() and p.name != "config.pbtxt"
+                                                     for p in old.iterdir()):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
     from sfdeploy.errors import UserError
 
     check_options(args.format, _given_options(args))
@@ -90,12 +124,14 @@ def _export(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     final_onnx = out if args.format == "onnx" else (out.with_suffix(".onnx") if args.format == "tensorrt"
-                                                    else out / "_staging" / "model.onnx")
+                                                    else staging / "model.onnx")
     onnx_out = final_onnx.with_name(final_onnx.stem + ".fp32.onnx") if args.int8 else final_onnx
     try:
         res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
                           exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data)
     except ParityError as exc:
+        if staging is not None:
+            _keep_failed_graph(exc.report, out)
         print(exc.report.summary(), file=sys.stderr)
         if args.json:
             print(exc.report.to_json())
@@ -151,9 +187,7 @@ def _export(args: argparse.Namespace) -> int:
         model_dir = write_triton_repository(res.path, out, model_name=args.model_name, engine_path=args.engine,
                                             instance_kind=args.instance_kind or "auto",
                                             instance_count=1 if args.instance_count is None else args.instance_count)
-        import shutil
-
-        shutil.rmtree(out / "_staging", ignore_errors=True)
+        _remove_old_staging(out)
         print(f"wrote Triton model repository {model_dir}", file=sys.stderr)
         payload["triton_model"] = str(model_dir)
     if args.json:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tempfile
+import re
+import shutil
 from contextlib import contextmanager, redirect_stdout
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ CALIBRATION_METHODS = ("auto", "minmax", "percentile", "entropy")
 TWO_STAGE = ("faster_rcnn", "mask_rcnn")
 QUANT_OP_TYPES = ("Conv", "Gemm")  # the network; MatMul is left out: the mask paste (post-processing) uses it
 DEFAULT_CALIB_IMAGES = 32
+# staging folders of versions before 2026-12-02 (tempfile's `.quant-XXXXXXXX`, no pid, no lock) and what they held
+_LEGACY_STAGING = re.compile(r"^\.quant-[a-z0-9_]{8}$")
+_LEGACY_FILES = frozenset({"model.int8.onnx", "final.onnx"})
+LEGACY_STAGING_MIN_AGE_S = 3600.0
 
 
 @dataclass
@@ -103,6 +108,26 @@ def _method(name: str) -> Any:
     return table[name]
 
 
+def remove_legacy_staging(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete `.quant-XXXXXXXX` folders that quantizations killed under older versions left in `folder`. Their
+    writer cannot be told apart from a live one, so only unambiguous ones go: tempfile's name, nothing inside but the
+    files those versions wrote, and untouched for LEGACY_STAGING_MIN_AGE_S."""
+    now = time.time() if now is None else now
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if not _LEGACY_STAGING.match(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        inside = list(entry.iterdir())
+        if any(p.name not in _LEGACY_FILES or p.is_symlink() or not p.is_file() for p in inside):
+            continue
+        if now - max([entry.stat().st_mtime] + [p.stat().st_mtime for p in inside]) < LEGACY_STAGING_MIN_AGE_S:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
 def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[np.ndarray], *,
                   calib_images: int = DEFAULT_CALIB_IMAGES, method: str = "auto", per_channel: bool = True,
                   images_dir: str | None = None, exclude: tuple[str, ...] = ()) -> QuantizeResult:
@@ -115,6 +140,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[n
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from sfdeploy.errors import UserError
+    from sfdeploy.io import atomic_path, remove_stale_temp_files, temp_dir
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     if not onnx_in.is_file():
@@ -136,8 +162,10 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[n
     images = calibration_images(calib, calib_images, images_dir=images_dir, size=side) if isinstance(calib, str) \
         else calib
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=onnx_out.parent, prefix=".quant-") as tmp:
-        tmp_out = Path(tmp) / "model.int8.onnx"
+    remove_stale_temp_files(onnx_out.parent, name=onnx_out.name)  # left by a killed earlier quantization
+    remove_legacy_staging(onnx_out.parent)
+    with temp_dir(onnx_out) as tmp:
+        tmp_out = tmp / "model.int8.onnx"
         # ORT's calibrators print progress to stdout and log a pre-processing hint: keep stdout for --json
         with redirect_stdout(io.StringIO()), _quiet_root_logger():
             quantize_static(src, tmp_out, _Reader(images), quant_format=QuantFormat.QDQ,
@@ -155,9 +183,8 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[n
             q.metadata_props.add(key=k, value=v)
         q.producer_name = "sfdeploy"
         onnx.checker.check_model(q)
-        staged = Path(tmp) / "final.onnx"
-        onnx.save(q, str(staged))
-        staged.replace(onnx_out)
+        with atomic_path(onnx_out) as staged:
+            onnx.save(q, str(staged))
         n_q = sum(1 for n in q.graph.node if n.op_type == "QuantizeLinear")
     return QuantizeResult(path=onnx_out, seconds=time.perf_counter() - t0, bytes=onnx_out.stat().st_size,
                           calibration=settings, quantized_nodes=n_q)

@@ -7,7 +7,8 @@
     inference  both models of a pair run once on an image
     render     panels, captions and the metrics table drawn from that (no inference)
     job        the quickstart as a background job of the page
-    ui         the gradio Blocks
+    events     the page's state and event handlers
+    ui         the gradio Blocks: layout and wiring
     launch     flags and the server (`python app.py`, `sfdeploy demo`)
     quickstart the pipeline behind `sfdeploy quickstart` (train, evaluate, export, predict, summarise)
 

@@ -119,3 +119,51 @@ def test_checkpoint_killed_mid_save_keeps_the_old_checkpoint(tmp_path: Path) -> 
     leftovers = [p for p in tmp_path.iterdir() if p.name != "last.pt"]
     assert len(leftovers) == 1  # SIGKILL cannot clean up; the next start does:
     assert remove_stale_temp_files(tmp_path) == leftovers
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_temp_dir_is_removed_however_the_block_ends(tmp_path: Path) -> None:
+    from sfdeploy.io import temp_dir
+
+    with temp_dir(tmp_path / "model.onnx") as d:
+        (d / "a.onnx").write_bytes(b"x")
+        assert d.parent == tmp_path and d.name.startswith(".model.onnx.") and d.name.endswith(".tmpdir")
+        assert remove_stale_temp_files(tmp_path) == []  # in use by this (live) process
+    with pytest.raises(KeyboardInterrupt):
+        with temp_dir(tmp_path / "model.onnx") as d:
+            (d / "sub").mkdir()
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_dirs_go_only_when_their_writer_is_gone(tmp_path: Path) -> None:
+    """Ours by name, writer's pid dead here, lock free: removed. Held lock (a writer this host cannot see), live
+    pid, a fresh folder without its lock file, other names: kept."""
+    import fcntl
+
+    pid = _dead_pid()
+    stale = tmp_path / f".model.onnx.{pid}-0123abcd.tmpdir"
+    locked = tmp_path / f".model.onnx.{pid}-4567abcd.tmpdir"
+    live = tmp_path / f".model.onnx.{os.getpid()}-89abcdef.tmpdir"
+    fresh_unlocked = tmp_path / f".model.onnx.{pid}-0000abcd.tmpdir"
+    old_unlocked = tmp_path / f".model.onnx.{pid}-1111abcd.tmpdir"
+    other_target = tmp_path / f".best.onnx.{pid}-2222abcd.tmpdir"
+    not_ours = [tmp_path / f".model.onnx.{pid}-XYZ.tmpdir", tmp_path / ".quant-notes", tmp_path / "runs"]
+    for d in [stale, locked, live, fresh_unlocked, old_unlocked, other_target] + not_ours:
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "model.int8.onnx").write_bytes(b"half")
+    for d in (stale, locked, live, other_target):
+        (d / ".lock").touch()
+    old = os.stat(old_unlocked).st_mtime - 3600
+    os.utime(old_unlocked, (old, old))
+    with open(locked / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        removed = remove_stale_temp_files(tmp_path, name="model.onnx")
+    assert sorted(removed) == sorted([stale, old_unlocked])
+    assert sorted(tmp_path.iterdir()) == sorted([locked, live, fresh_unlocked, other_target] + not_ours)
+    # the lock released (its writer died) and no name given (every target's): those go too
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted([locked, other_target])

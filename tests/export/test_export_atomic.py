@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +154,101 @@ def test_sigterm_during_export_leaves_no_temp_file(tiny_checkpoint: Path, tmp_pa
     assert "interrupted" in err and "Traceback" not in err
     assert out.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_killed_int8_export_leaves_nothing_after_the_next_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """SIGKILL while ONNX Runtime's quantizer writes into its staging folder next to the output: the folder stays
+    (no cleanup possible), and the next quantization to that output removes it and nothing else."""
+    from sfdeploy.export.onnx import export_onnx
+    from sfdeploy.export.quantize import quantize_int8
+
+    fp32 = export_onnx(tiny_checkpoint, tmp_path / "src" / "m.fp32.onnx", exporter="torchscript", verify=False).path
+    folder = tmp_path / "out"
+    folder.mkdir()
+    unrelated = [folder / "other.onnx", folder / ".notes", folder / ".quant-notes.txt"]
+    for p in unrelated:
+        p.write_text("keep me")
+    out = folder / "model.int8.onnx"
+    code = textwrap.dedent(f"""
+        import sys, time, numpy as np, onnxruntime.quantization as oq
+        def killed_quantize(model, path, *a, **k):  # the kill lands while ORT writes the quantized graph
+            with open(path, "wb") as fh:
+                fh.write(b"half a graph")
+            print("WRITING", file=sys.__stdout__, flush=True)  # quantize_int8 redirects sys.stdout
+            time.sleep(120)
+        oq.quantize_static = killed_quantize
+        from sfdeploy.export.quantize import quantize_int8
+        quantize_int8({str(fp32)!r}, {str(out)!r}, [np.zeros((1, 3, 128, 128), np.float32)])
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert line == "WRITING"
+    leftovers = sorted(set(folder.iterdir()) - set(unrelated))
+    assert len(leftovers) == 1 and leftovers[0].is_dir()  # the killed run's staging folder
+    rng = np.random.default_rng(0)
+    quantize_int8(fp32, out, [rng.random((1, 3, 128, 128), dtype=np.float32)], method="minmax")
+    assert sorted(folder.iterdir()) == sorted(unrelated + [out])
+    assert all(p.read_text() == "keep me" for p in unrelated)
+
+
+def test_legacy_quant_staging_goes_only_when_unambiguous_and_old(tmp_path: Path) -> None:
+    """`.quant-XXXXXXXX` folders of older versions carry no pid or lock: only tempfile's name, holding only the files
+    those versions wrote, untouched for an hour, is removed."""
+    from sfdeploy.export.quantize import LEGACY_STAGING_MIN_AGE_S, remove_legacy_staging
+
+    def make(name: str, files: tuple[str, ...], age: float) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        for f in files:
+            (d / f).write_bytes(b"x")
+        for p in [*d.iterdir(), d]:
+            t = p.stat().st_mtime - age
+            os.utime(p, (t, t))
+        return d
+
+    old = LEGACY_STAGING_MIN_AGE_S + 60
+    gone = [make(".quant-k2j_x9ab", ("model.int8.onnx", "final.onnx"), old), make(".quant-abcdefgh", (), old)]
+    kept = [make(".quant-0123abcd", ("model.int8.onnx",), 60),  # recent: maybe a live older version
+            make(".quant-notmine1", ("model.int8.onnx", "notes.txt"), old),  # holds something else
+            make(".quant-toolongname", ("final.onnx",), old), make("quant-abcdefgh", ("final.onnx",), old)]
+    assert sorted(remove_legacy_staging(tmp_path)) == sorted(gone)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_triton_export_failing_parity_leaves_the_repository_as_it_was(tiny_checkpoint: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton loads every folder of its repository: a failed export must not leave a staging folder (or anything)
+    in it; the failed graph is kept next to the repository; a later export works and clears an old `_staging`."""
+    import sfdeploy.export.onnx as eo
+    from sfdeploy.export.verify import ParityReport
+    from test_export_deploy import run_cli
+
+    repo = tmp_path / "repo"
+    base = ["export", str(tiny_checkpoint), "--format", "triton", "--exporter", "torchscript"]
+    assert run_cli(base + ["--out", str(repo), "--model-name", "served", "--no-verify"]) == 0
+    before = _tree(repo)
+    monkeypatch.setattr(eo, "verify_onnx", lambda path, *a, **k: ParityReport(str(path), {}, []))  # never passes
+    assert run_cli(base + ["--out", str(repo), "--model-name", "new"]) == 1
+    assert _tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "repo.parity-failed"]  # no staging folder either
+    assert run_cli(base + ["--out", str(tmp_path / "fresh")]) == 1
+    assert not (tmp_path / "fresh").exists()
+    monkeypatch.chdir(repo)
+    assert run_cli(base + ["--out", ".", "--model-name", "new"]) == 1  # the repository as `.`: staged beside it too
+    assert _tree(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.parity-failed", "repo", "repo.parity-failed"]
+    monkeypatch.undo()
+    (repo / "_staging").mkdir()  # what a failed export of an older version left
+    (repo / "_staging" / "model.onnx").write_bytes(b"graph")
+    assert run_cli(base + ["--out", str(repo), "--model-name", "new", "--no-verify"]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["new", "served"]
+    assert sorted(p.name for p in (repo / "new").iterdir()) == ["1", "config.pbtxt"]
