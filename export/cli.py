@@ -91,14 +91,15 @@ def _export(args: argparse.Namespace) -> int:
         return _export_to(args, staging)
 
 
-def _keep_failed_graph(report: Any, out: Path) -> None:
-    """A Triton export's graph that failed parity sits in the staging folder, which is deleted: keep it for inspection
-    as `<repository>.parity-failed`, next to the repository (where Triton does not look)."""
-    failed, out = Path(report.artefact), out.resolve()
-    if failed.is_file():
-        kept = out.with_name(f"{out.name}.parity-failed")
-        os.replace(failed, kept)  # the staging folder is next to `out`: same file system
-        report.artefact = str(kept)
+def _keep_failed_graph(failed: Path, out: Path) -> Path:
+    """A graph that failed its check inside the staging folder, which is deleted: keep it for inspection as
+    `<out>.parity-failed` (a Triton repository: next to it, where Triton does not look). Returns where it is."""
+    out = out.resolve()
+    if not failed.is_file():
+        return failed
+    kept = out.with_name(f"{out.name}.parity-failed")
+    os.replace(failed, kept)  # the staging folder is next to `out`: same file system
+    return kept
 
 
 def _remove_old_staging(out: Path) -> None:
@@ -130,8 +131,9 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
         res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
                           exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data)
     except ParityError as exc:
-        if staging is not None:
-            _keep_failed_graph(exc.report, out)
+        if staging is not None:  # the failed graph is in the staging folder (--int8: the fp32 intermediate)
+            beside = out if args.format == "triton" else out.with_name(onnx_out.name)
+            exc.report.artefact = str(_keep_failed_graph(Path(exc.report.artefact), beside))
         print(exc.report.summary(), file=sys.stderr)
         if args.json:
             print(exc.report.to_json())
@@ -152,7 +154,13 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
                                                calib_images=args.calib_images or DEFAULT_CALIB_IMAGES,
                                                method=args.calib_method or "auto", verify=args.verify)
         except AgreementError as exc:
+            if args.format == "triton":
+                exc.report.quantized = str(_keep_failed_graph(Path(exc.report.quantized), out))
             print(exc.report.summary(), file=sys.stderr)
+            print(f"{out} was left as it was; the failed int8 graph is kept at {exc.report.quantized} for "
+                  f"inspection. Calibrate with more or other images (--calib-images, --calib-data from the training "
+                  f"data), try another --calib-method, or deploy the fp32 graph (export without --int8)",
+                  file=sys.stderr)
             if args.json:
                 print(json.dumps(exc.report.to_dict(), indent=2))
             return 1

@@ -48,9 +48,9 @@ class AgreementReport:
         return {**asdict(self), "agreement": round(self.agreement, 4), "passed": self.passed}
 
     def summary(self) -> str:
-        head = (f"int8 agreement {'PASSED' if self.passed else 'FAILED'}: {self.matched}/{self.reference_detections} "
-                f"top-{TOP_K} fp32 detections kept ({self.agreement:.3f}) on {self.images} images, score error max "
-                f"{self.max_score_error:.3g} / mean {self.mean_score_error:.3g}, box error max "
+        head = (f"int8 agreement {'PASSED' if self.passed else 'FAILED'} for {self.quantized}: {self.matched}/"
+                f"{self.reference_detections} top-{TOP_K} fp32 detections kept ({self.agreement:.3f}) on "
+                f"{self.images} images, score error max {self.max_score_error:.3g} / mean {self.mean_score_error:.3g}, box error max "
                 f"{self.max_box_error_rel:.3g} x image side")
         return "\n".join([head] + [f"  {r}" for r in self.reasons])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import shutil
 from contextlib import contextmanager, redirect_stdout
@@ -202,14 +203,32 @@ def check_images(calib: str | None, sizes: tuple[int, ...] = (256, 320)) -> list
 def quantize_checked(fp32_path: str | Path, out: str | Path, calib: str, *, calib_images: int = DEFAULT_CALIB_IMAGES,
                      method: str = "auto", verify: bool = True, images_dir: str | None = None,
                      tolerances: dict[str, float] | None = None) -> tuple[QuantizeResult, Any]:
-    """quantize_int8 + (verify) the agreement check against the fp32 graph; raises AgreementError on failure (the
-    quantized file is left on disk for inspection). Returns (result, AgreementReport or None)."""
+    """quantize_int8 + (verify) the agreement check against the fp32 graph. Returns (result, AgreementReport or None).
+
+    Like the fp32 export, `out` is replaced only by a graph that passed: the int8 graph is quantized and checked in a
+    `temp_dir` next to `out`; on a failed check `out` stays as it was, the graph is kept as `<out>.parity-failed` for
+    inspection (`report.quantized` says where) and AgreementError is raised."""
+    from sfdeploy.io import atomic_path, remove_stale_temp_files, temp_dir
+
     from .quant_check import AgreementError, check_agreement
 
-    res = quantize_int8(fp32_path, out, calib, calib_images=calib_images, method=method, images_dir=images_dir)
     if not verify:
-        return res, None
-    report = check_agreement(fp32_path, res.path, check_images(calib), tolerances=tolerances)
-    if not report.passed:
-        raise AgreementError(report)
+        return quantize_int8(fp32_path, out, calib, calib_images=calib_images, method=method,
+                             images_dir=images_dir), None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out.parent, name=out.name)  # left by a killed earlier quantization
+    remove_legacy_staging(out.parent)
+    with temp_dir(out) as tmp:
+        res = quantize_int8(fp32_path, tmp / out.name, calib, calib_images=calib_images, method=method,
+                            images_dir=images_dir)
+        report = check_agreement(fp32_path, res.path, check_images(calib), tolerances=tolerances)
+        if not report.passed:
+            failed = out.with_name(f"{out.name}.parity-failed")
+            os.replace(res.path, failed)  # the staging folder is next to `out`: same file system
+            report.quantized = str(failed)
+            raise AgreementError(report)
+        with atomic_path(out) as staged:
+            os.replace(res.path, staged)
+    res.path, report.quantized = out, str(out)
     return res, report

@@ -148,3 +148,38 @@ def test_two_stage_histogram_calibration_is_refused(tmp_path):  # type: ignore[n
         quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", CALIB, calib_images=2, method="percentile")
     res = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", CALIB, calib_images=2)  # auto
     assert res.calibration["method"] == "minmax"
+
+
+def test_cli_int8_failing_agreement_keeps_the_old_file(checkpoints, tmp_path, capsys, monkeypatch):  # type: ignore[no-untyped-def]
+    """The fp32 convention for int8: a failed agreement check leaves `--out` byte for byte, keeps the failed int8
+    graph as `<out>.parity-failed` (Triton: next to the repository) and says where it is and what to try."""
+    import sfdeploy.export.quant_check as qc
+    from sfdeploy.export.onnx import read_metadata
+    from test_export_deploy import run_cli
+
+    real = qc.check_agreement
+    checked: list[Path] = []
+
+    def strict(fp32, quantized, images, **kw):  # type: ignore[no-untyped-def]  # a real report that cannot pass
+        checked.append(Path(quantized))
+        return real(fp32, quantized, images, tolerances={"agreement": 1.01})
+
+    monkeypatch.setattr(qc, "check_agreement", strict)
+    out = tmp_path / "r.onnx"
+    out.write_bytes(b"the previous export")
+    base = ["export", str(checkpoints["retinanet"]), "--exporter", "torchscript", "--int8", "--calib-data", CALIB,
+            "--calib-images", "2"]
+    assert run_cli(base + ["--out", str(out), "--json"]) == 1
+    cap = capsys.readouterr()
+    failed = tmp_path / "r.onnx.parity-failed"
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.onnx", "r.onnx.parity-failed"]
+    assert read_metadata(failed)["sfdeploy.precision"] == "int8" and checked[-1].parent != tmp_path
+    assert json.loads(cap.out)["quantized"] == str(failed) and "int8 agreement FAILED" in cap.err
+    assert str(failed) in cap.err and "--calib-images" in cap.err and "without --int8" in cap.err, cap.err
+    assert "Traceback" not in cap.err
+
+    repo = tmp_path / "repo"
+    assert run_cli(base + ["--format", "triton", "--out", str(repo)]) == 1
+    assert not repo.exists() and read_metadata(tmp_path / "repo.parity-failed")["sfdeploy.precision"] == "int8"
+    assert str(tmp_path / "repo.parity-failed") in capsys.readouterr().err
