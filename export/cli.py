@@ -78,10 +78,25 @@ def _given_options(args: argparse.Namespace) -> set[str]:
     return given
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Option errors, before anything is created on disk."""
+    from sfdeploy.errors import UserError
+
+    check_options(args.format, _given_options(args))
+    if (args.calib_data is not None or args.calib_images is not None or args.calib_method is not None) \
+            and not args.int8:
+        raise UserError("--calib-data/--calib-images/--calib-method need --int8")
+    if args.int8 and not args.calib_data:
+        raise UserError("--int8 needs --calib-data DATA (calibration images from the training data)")
+
+
 def _export(args: argparse.Namespace) -> int:
     """Triton: the graph is built and checked in a `temp_dir` next to the repository, never inside it (Triton polls
-    the repository and would load a half-built or failed model), and copied in only when every check passed."""
-    if args.format != "triton":
+    the repository and would load a half-built or failed model), and copied in only when every check passed.
+    --int8: the intermediate fp32 graph is staged the same way, so a killed export leaves nothing visible (a file
+    named like the user's own `<stem>.fp32.onnx` is never touched) and the next export's cleanup removes the folder."""
+    _check_args(args)
+    if args.format != "triton" and not args.int8:
         return _export_to(args, None)
     from sfdeploy.io import remove_stale_temp_files, temp_dir
 
@@ -114,19 +129,13 @@ def _remove_old_staging(out: Path) -> None:
 def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
     from sfdeploy.errors import UserError
 
-    check_options(args.format, _given_options(args))
-    if (args.calib_data is not None or args.calib_images is not None or args.calib_method is not None) \
-            and not args.int8:
-        raise UserError("--calib-data/--calib-images/--calib-method need --int8")
-    if args.int8 and not args.calib_data:
-        raise UserError("--int8 needs --calib-data DATA (calibration images from the training data)")
     from .onnx import DEFAULT_OPSET, export_onnx
     from .verify import ParityError
 
     out = Path(args.out)
     final_onnx = out if args.format == "onnx" else (out.with_suffix(".onnx") if args.format == "tensorrt"
                                                     else staging / "model.onnx")
-    onnx_out = final_onnx.with_name(final_onnx.stem + ".fp32.onnx") if args.int8 else final_onnx
+    onnx_out = staging / f"{final_onnx.stem}.fp32.onnx" if args.int8 else final_onnx
     try:
         res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
                           exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data)

@@ -252,3 +252,21 @@ def test_triton_export_failing_parity_leaves_the_repository_as_it_was(tiny_check
     assert run_cli(base + ["--out", str(repo), "--model-name", "new", "--no-verify"]) == 0
     assert sorted(p.name for p in repo.iterdir()) == ["new", "served"]
     assert sorted(p.name for p in (repo / "new").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_int8_export_failing_fp32_parity_keeps_the_graph_beside_the_output(tiny_checkpoint: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp32 intermediate of `--int8` is staged in a folder that is deleted: a graph failing parity is still kept
+    for inspection, as `<stem>.fp32.onnx.parity-failed` beside the output, and the output stays as it was."""
+    import sfdeploy.export.onnx as eo
+    from sfdeploy.export.verify import ParityReport
+    from test_export_deploy import run_cli
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the previous export")
+    monkeypatch.setattr(eo, "verify_onnx", lambda path, *a, **k: ParityReport(str(path), {}, []))  # never passes
+    assert run_cli(["export", str(tiny_checkpoint), "--out", str(out), "--exporter", "torchscript", "--int8",
+                    "--calib-data", "synthetic:2"]) == 1
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp32.onnx.parity-failed", "model.onnx"]
+    assert eo.read_metadata(tmp_path / "model.fp32.onnx.parity-failed")["detector"] == "retinanet"
