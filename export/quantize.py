@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+import tempfile
+import threading
 from contextlib import contextmanager, redirect_stdout
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ DEFAULT_CALIB_IMAGES = 32
 _LEGACY_STAGING = re.compile(r"^\.quant-[a-z0-9_]{8}$")
 _LEGACY_FILES = frozenset({"model.int8.onnx", "final.onnx"})
 LEGACY_STAGING_MIN_AGE_S = 3600.0
+_TEMPDIR_LOCK = threading.Lock()
 
 
 @dataclass
@@ -95,6 +98,24 @@ def _quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
+
+
+@contextmanager
+def _temp_files_in(folder: Path) -> Iterator[None]:
+    """Point `tempfile.tempdir` (the stdlib's documented default for `dir`) at `folder` while ORT quantizes.
+
+    Why: `quantize_static` keeps its `ort.quant.*` folders (shape-inferred and augmented model copies) in
+    `tempfile.TemporaryDirectory(prefix="ort.quant.")` with no `dir` argument and offers no option for it; a SIGKILL
+    left them in the system temp dir. Inside our `temp_dir` staging folder the stale-temp cleanup removes them. The
+    setting is process-wide while it lasts: quantizations are serialised by a lock, and other threads of the same
+    process that create temp files meanwhile get them in `folder` too (deleted with it)."""
+    with _TEMPDIR_LOCK:
+        previous = tempfile.tempdir
+        tempfile.tempdir = str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
 
 
 def _method(name: str) -> Any:
@@ -168,7 +189,7 @@ def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calib: str | list[n
     with temp_dir(onnx_out) as tmp:
         tmp_out = tmp / "model.int8.onnx"
         # ORT's calibrators print progress to stdout and log a pre-processing hint: keep stdout for --json
-        with redirect_stdout(io.StringIO()), _quiet_root_logger():
+        with redirect_stdout(io.StringIO()), _quiet_root_logger(), _temp_files_in(tmp):
             quantize_static(src, tmp_out, _Reader(images), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(QUANT_OP_TYPES), per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

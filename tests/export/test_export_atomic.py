@@ -196,6 +196,47 @@ def test_killed_int8_export_leaves_nothing_after_the_next_one(tiny_checkpoint: P
     assert all(p.read_text() == "keep me" for p in unrelated)
 
 
+def test_killed_int8_export_leaves_only_what_the_next_one_cleans(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """SIGKILL while ORT calibrates during `export --int8`: no fp32 intermediate next to the output (a user's own
+    `model.fp32.onnx` there is not touched) and no `ort.quant.*` folder in the system temp dir: only hidden staging
+    folders, which the next export removes."""
+    from test_export_deploy import run_cli
+
+    folder, system_tmp = tmp_path / "out", tmp_path / "system-tmp"
+    folder.mkdir()
+    system_tmp.mkdir()
+    out, own = folder / "model.onnx", folder / "model.fp32.onnx"
+    out.write_bytes(b"the previous export")
+    own.write_bytes(b"the user's fp32 export")
+    argv = ["export", str(tiny_checkpoint), "--out", str(out), "--exporter", "torchscript", "--int8", "--calib-data",
+            "synthetic:2", "--calib-images", "1", "--no-verify"]
+    code = textwrap.dedent(f"""
+        import sys, time
+        import sfdeploy.export.quantize as q
+        def stuck(self):  # the kill lands while ORT's calibrator reads the images, inside its temp folder
+            print("CALIBRATING", file=sys.__stdout__, flush=True)  # quantize_int8 redirects sys.stdout
+            time.sleep(120)
+        q._Reader.get_next = stuck
+        from sfdeploy.cli import main
+        sys.exit(main({argv!r}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(system_tmp)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert line == "CALIBRATING"
+    assert not [p.name for p in system_tmp.iterdir() if p.name.startswith("ort.quant.")]
+    assert out.read_bytes() == b"the previous export" and own.read_bytes() == b"the user's fp32 export"
+    hidden = [p for p in folder.iterdir() if p not in (out, own)]
+    assert hidden and all(p.name.startswith(".model.onnx.") and p.is_dir() for p in hidden)  # SIGKILL: no cleanup
+    assert run_cli(argv) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["model.fp32.onnx", "model.onnx"]
+    assert own.read_bytes() == b"the user's fp32 export"
+
+
 def test_legacy_quant_staging_goes_only_when_unambiguous_and_old(tmp_path: Path) -> None:
     """`.quant-XXXXXXXX` folders of older versions carry no pid or lock: only tempfile's name, holding only the files
     those versions wrote, untouched for an hour, is removed."""
