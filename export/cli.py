@@ -82,8 +82,10 @@ def _given_options(args: argparse.Namespace) -> set[str]:
         given.add("int8")
     if args.batch is not None:
         given.add("batch")
-    if args.max_batch_size is not None or args.max_queue_delay_us is not None:
-        given.add("dynamic_batching")
+    if args.max_batch_size is not None:
+        given.add("max_batch_size")
+    if args.max_queue_delay_us is not None:
+        given.add("max_queue_delay_us")
     return given
 
 

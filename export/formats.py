@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPTIONS = ("opset", "fp16", "simplify", "exporter", "sizes", "verify", "model_name", "engine", "int8",
-           "instance_kind", "instance_count", "batch", "dynamic_batching")
+           "instance_kind", "instance_count", "batch", "max_batch_size",
+           "max_queue_delay_us")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  frozenset({"opset", "fp16", "simplify", "exporter", "sizes", "verify"}), needs_gpu=True),
     ExportFormat("triton", "/", "Triton model repository (onnxruntime backend; tensorrt_plan with --engine)",
                  frozenset({"opset", "simplify", "exporter", "verify", "model_name", "engine", "int8",
-                            "instance_kind", "instance_count", "batch", "dynamic_batching"})),
+                            "instance_kind", "instance_count", "batch", "max_batch_size",
+                            "max_queue_delay_us"})),
 )}
 
 
