@@ -68,7 +68,8 @@ def build_metadata(config: ModelConfig, meta: dict[str, Any] | None, *, exporter
                    has_masks: bool | None = None, canvas: tuple[int, int] | None = None) -> dict[str, str]:
     """The contract's metadata dict (all values strings) for an artefact of `config`.
 
-    batch: 1 (the graph takes one image) or "dynamic" (with `canvas` (h, w): the letterbox size callers use)."""
+    batch: 1 (the graph takes one image) or "dynamic" (with `canvas` (h, w): the letterbox size callers use;
+    default `processing.letterbox_canvas` of the config)."""
     from sfdeploy import __version__
 
     shape: list[Any] = [batch if batch != "dynamic" else "B", 3, "H", "W"]
@@ -76,7 +77,9 @@ def build_metadata(config: ModelConfig, meta: dict[str, Any] | None, *, exporter
                             "color": "RGB", "batch": batch, "shape": shape}
     if batch == "dynamic":
         if canvas is None:
-            raise ValueError("a dynamic-batch artefact needs its letterbox canvas")
+            from sfdeploy.processing import letterbox_canvas
+
+            canvas = letterbox_canvas(config.min_size, config.max_size)
         spec.update(shape=["B", 3, int(canvas[0]), int(canvas[1])], canvas=[int(canvas[0]), int(canvas[1])],
                     resize="letterbox")
     props = {
