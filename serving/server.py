@@ -124,7 +124,7 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
 
     @app.post("/v1/detect", openapi_extra=_DETECT_BODY, response_model=DetectResponse,
               response_model_exclude_none=True,
-              responses=error_responses(400, 404, 408, 413, 415, 422, 500),
+              responses=error_responses(400, 404, 408, 413, 415, 422, 500, 503),
               summary="Detect objects in one image (multipart field 'image' or JSON 'image_base64')")
     async def detect(
         request: Request,

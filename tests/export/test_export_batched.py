@@ -109,6 +109,17 @@ def test_parity_check_catches_a_wrong_batched_graph(batched, checkpoints):  # ty
     assert not report.passed and any("score" in r for i in report.images for r in i.reasons)
 
 
+def test_cli_verify_batched_graph(batched, checkpoints, capsys):  # type: ignore[no-untyped-def]
+    """`sfdeploy verify` recognises a batched graph from its metadata and runs the batched check."""
+    from test_export_deploy import run_cli
+
+    path = batched["fcos"].path
+    capsys.readouterr()
+    assert run_cli(["verify", str(path), "--checkpoint", str(checkpoints["fcos"]), "--sizes", "160", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] and list(out["sizes"]) == ["128x128"]  # every image on the 128 px canvas
+
+
 def test_two_stage_refused_with_one_line(tmp_path):  # type: ignore[no-untyped-def]
     from sfdeploy.config import ModelConfig
     from sfdeploy.errors import UserError

@@ -135,6 +135,7 @@ def test_full_queue_gets_503_with_retry_after(batched_onnx, artefacts, kind):  #
     assert full.json()["error"] == "model 'm' has 2 requests queued (limit 2); retry in 1 s"
     assert [r.status_code for r in first] == [200, 200]
     assert 'sfdeploy_queue_depth{model="m"} 2.0' in metrics  # the two waiting; the refused one is not counted
+    assert "503" in app.openapi()["paths"]["/v1/detect"]["post"]["responses"]  # documented for clients
 
 
 def test_batch_1_graph_not_batched(artefacts):  # type: ignore[no-untyped-def]
