@@ -67,6 +67,20 @@ def start_server(onnx: str, max_batch: int, window_ms: float) -> tuple[subproces
     raise RuntimeError("server did not become ready")
 
 
+def batch_counts(url: str) -> tuple[float, float]:
+    """(inferences, images) so far from the server's sfdeploy_batch_size histogram (0, 0 without batching)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count = total = 0.0
+    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        for sample in fam.samples:
+            if sample.name == "sfdeploy_batch_size_count":
+                count += sample.value
+            elif sample.name == "sfdeploy_batch_size_sum":
+                total += sample.value
+    return count, total
+
+
 def load(url: str, clients: int, requests: int, jpegs: list[bytes]) -> dict[str, float | int]:
     """`requests` requests from `clients` closed-loop clients -> rps, latencies (ms), errors."""
     per = [requests // clients + (1 if k < requests % clients else 0) for k in range(clients)]
@@ -110,14 +124,17 @@ def main() -> int:
                 try:
                     load(url, 2, 8, jpegs)  # warm-up
                     for c in clients:
+                        n0, i0 = batch_counts(url)
                         res = load(url, c, max(16, c * args.requests_per_client), jpegs)
+                        n1, i1 = batch_counts(url)
+                        res["mean_batch"] = (i1 - i0) / (n1 - n0) if n1 > n0 else 1.0
                         res.update(model=name, variant=variant, clients=c, round=rnd,
                                    load_avg=os.getloadavg()[0])
                         runs.append(res)
                         lat = res["latencies_ms"]
                         print(f"round {rnd} {name} {variant} c={c}: {res['rps']:.2f} req/s, p50 "
                               f"{statistics.median(lat):.0f} ms, p90 {np.percentile(lat, 90):.0f} ms, "
-                              f"errors {res['errors']}, load {res['load_avg']:.1f}", file=sys.stderr, flush=True)
+                              f"errors {res['errors']}, mean batch {res['mean_batch']:.2f}, load {res['load_avg']:.1f}", file=sys.stderr, flush=True)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
@@ -133,12 +150,14 @@ def main() -> int:
                              "p50_ms": round(float(np.percentile(lat, 50)), 1),
                              "p90_ms": round(float(np.percentile(lat, 90)), 1),
                              "requests": len(lat), "errors": sum(r["errors"] for r in sel),
+                             "mean_batch": round(statistics.mean(r["mean_batch"] for r in sel), 2),
                              "load_avg": [round(r["load_avg"], 1) for r in sel]})
-    print("| model | clients | variant | requests/s (median of rounds) | p50 ms | p90 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | clients | variant | requests/s (median of rounds) | p50 ms | p90 ms | images per inference |"
+          " errors |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['clients']} | {r['variant']} | {r['rps_median']} ({', '.join(map(str, r['rps_per_round']))}) "
-              f"| {r['p50_ms']} | {r['p90_ms']} | {r['errors']} |")
+              f"| {r['p50_ms']} | {r['p90_ms']} | {r['mean_batch']} | {r['errors']} |")
     if args.json:
         from sfdeploy.io import atomic_write_text
 

@@ -88,7 +88,8 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
             limiters[name] = anyio.CapacityLimiter(max(1, concurrency))
         return limiters[name]
 
-    batchers = {name: Batcher(p, window_ms=batch_window_ms, max_batch=max_batch)
+    batchers = {name: Batcher(p, window_ms=batch_window_ms, max_batch=max_batch,
+                              on_batch=lambda n, _s, name=name: app.state.metrics.observe_batch(name, n))
                 for name, p in models.items() if p.batched and max_batch > 1}
     pending = dict.fromkeys(models, 0)  # detect requests per model past body reading (event-loop only)
     app.state.batchers = batchers

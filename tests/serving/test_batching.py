@@ -63,6 +63,8 @@ def test_concurrent_requests_batched_with_sequential_results(batched_onnx):  # t
     responses = asyncio.run(_post_all(app, bodies))
     assert [r.status_code for r in responses] == [200] * len(bodies)
     assert max(sizes) > 1 and max(sizes) <= 4 and sum(sizes) == len(bodies)  # batched, never over max_batch
+    assert app.state.metrics.registry.get_sample_value("sfdeploy_batch_size_count", {"model": "b"}) == len(sizes)
+    assert app.state.metrics.registry.get_sample_value("sfdeploy_batch_size_sum", {"model": "b"}) == len(bodies)
     for r, want in zip(responses, sequential):
         got = r.json()
         assert got["image_size"] == list(want.image_size)
