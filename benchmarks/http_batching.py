@@ -105,7 +105,8 @@ def load(url: str, clients: int, requests: int, jpegs: list[bytes]) -> dict[str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "BATCH1_ONNX", "BATCHED_ONNX"), required=True)
+    ap.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "BATCH1_ONNX", "BATCHED_ONNX"),
+                    required=True)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--requests-per-client", type=int, default=4, help="requests per client count: max(16, c x this)")
     ap.add_argument("--rounds", type=int, default=2)
@@ -156,7 +157,8 @@ def main() -> int:
           " errors |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['clients']} | {r['variant']} | {r['rps_median']} ({', '.join(map(str, r['rps_per_round']))}) "
+        per_round = ", ".join(map(str, r["rps_per_round"]))
+        print(f"| {r['model']} | {r['clients']} | {r['variant']} | {r['rps_median']} ({per_round}) "
               f"| {r['p50_ms']} | {r['p90_ms']} | {r['mean_batch']} | {r['errors']} |")
     if args.json:
         from sfdeploy.io import atomic_write_text

@@ -5,7 +5,8 @@ uploads, decompression bombs and over-size images (413), over-size bodies (413),
 types (422/415), unknown model (404), a body not received within `body_timeout` (408), two 'image' parts (400).
 Decoding and inference run in worker threads (never on the event loop); a per-model semaphore bounds concurrent
 inferences; batched graphs collect concurrent requests into one inference (serving/batcher.py). At most `max_queue`
-detect requests per model wait or run; more get 503 with Retry-After. The documented response shapes live in serving/api_schema.py; limits and timeouts in docs/SERVING.md.
+detect requests per model wait or run; more get 503 with Retry-After. The documented response shapes live in
+serving/api_schema.py; limits and timeouts in docs/SERVING.md.
 """
 
 from __future__ import annotations

@@ -47,10 +47,9 @@ def _record_batches(predictor):  # type: ignore[no-untyped-def]
     return sizes
 
 
-async def _post_all(app, bodies: list[bytes], model: str | None = None) -> list[httpx.Response]:  # type: ignore[no-untyped-def]
-    params = {"model": model} if model else {}
+async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:  # type: ignore[no-untyped-def]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as client:
-        return await asyncio.gather(*[client.post("/v1/detect", params=params,
+        return await asyncio.gather(*[client.post("/v1/detect",
                                                   files={"image": ("a.png", b, "image/png")}) for b in bodies])
 
 
