@@ -38,6 +38,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--calib-images", type=int, default=None, help="--int8: number of calibration images (default 32)")
     p.add_argument("--calib-method", default=None, choices=["auto", "minmax", "percentile", "entropy"],
                    help="--int8: activation range estimator (default auto: percentile one-stage, minmax two-stage)")
+    p.add_argument("--batch", default=None, choices=["1", "dynamic"],
+                   help="batch dimension: 1 (default) or dynamic (one-stage detectors: letterboxed [B,3,S,S] in, "
+                        "num_detections [B] + outputs padded to [B,K,...])")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="triton, --batch dynamic: max_batch_size of config.pbtxt (default 8)")
+    p.add_argument("--max-queue-delay-us", type=int, default=None,
+                   help="triton, --batch dynamic: dynamic_batching max_queue_delay_microseconds (default 100)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
     p.add_argument("--data", default=None, help="extra real images for the parity check (a DATA spec)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON on stdout")
@@ -75,6 +82,12 @@ def _given_options(args: argparse.Namespace) -> set[str]:
         given.add("engine")
     if args.int8 or any(x is not None for x in (args.calib_data, args.calib_images, args.calib_method)):
         given.add("int8")
+    if args.batch is not None:
+        given.add("batch")
+    if args.max_batch_size is not None:
+        given.add("max_batch_size")
+    if args.max_queue_delay_us is not None:
+        given.add("max_queue_delay_us")
     return given
 
 
@@ -88,6 +101,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--calib-data/--calib-images/--calib-method need --int8")
     if args.int8 and not args.calib_data:
         raise UserError("--int8 needs --calib-data DATA (calibration images from the training data)")
+    if args.batch == "dynamic" and args.int8:
+        raise UserError("--int8 is not available with --batch dynamic yet: export the batch-1 graph for int8")
+    if (args.max_batch_size is not None or args.max_queue_delay_us is not None) and args.batch != "dynamic":
+        raise UserError("--max-batch-size/--max-queue-delay-us need --batch dynamic (a batch-1 graph has no "
+                        "batch dimension for Triton to fill)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -129,6 +147,7 @@ def _remove_old_staging(out: Path) -> None:
 def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
     from sfdeploy.errors import UserError
 
+    batch = "dynamic" if args.batch == "dynamic" else 1
     from .onnx import DEFAULT_OPSET, export_onnx
     from .verify import ParityError
 
@@ -138,7 +157,8 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
     onnx_out = staging / f"{final_onnx.stem}.fp32.onnx" if args.int8 else final_onnx
     try:
         res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
-                          exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data)
+                          exporter=args.exporter or "auto", simplify=args.simplify, verify=args.verify, data=args.data,
+                          batch=batch)
     except ParityError as exc:
         if staging is not None:  # the failed graph is in the staging folder (--int8: the fp32 intermediate)
             beside = out if args.format == "triton" else out.with_name(onnx_out.name)
@@ -203,13 +223,24 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
             raise FileNotFoundError(f"engine not found: {args.engine}")
         model_dir = write_triton_repository(res.path, out, model_name=args.model_name, engine_path=args.engine,
                                             instance_kind=args.instance_kind or "auto",
-                                            instance_count=1 if args.instance_count is None else args.instance_count)
+                                            instance_count=1 if args.instance_count is None else args.instance_count,
+                                            **_dynamic_batching_options(args))
         _remove_old_staging(out)
         print(f"wrote Triton model repository {model_dir}", file=sys.stderr)
         payload["triton_model"] = str(model_dir)
     if args.json:
         print(json.dumps(payload, indent=2))
     return 0
+
+
+def _dynamic_batching_options(args: argparse.Namespace) -> dict[str, int]:
+    """Triton's dynamic batching settings given on the command line (defaults in export/triton.py)."""
+    opts = {}
+    if args.max_batch_size is not None:
+        opts["max_batch_size"] = args.max_batch_size
+    if args.max_queue_delay_us is not None:
+        opts["max_queue_delay_us"] = args.max_queue_delay_us
+    return opts
 
 
 def _verify(args: argparse.Namespace) -> int:

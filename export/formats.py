@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPTIONS = ("opset", "fp16", "simplify", "exporter", "sizes", "verify", "model_name", "engine", "int8",
-           "instance_kind", "instance_count")
+           "instance_kind", "instance_count", "batch", "max_batch_size",
+           "max_queue_delay_us")
 
 
 @dataclass(frozen=True)
@@ -19,12 +20,13 @@ class ExportFormat:
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", "end-to-end ONNX graph (ONNX Runtime, any CPU/GPU)",
-                 frozenset({"opset", "simplify", "exporter", "verify", "int8"})),
+                 frozenset({"opset", "simplify", "exporter", "verify", "int8", "batch"})),
     ExportFormat("tensorrt", ".engine", "TensorRT 10+ engine + .engine.json sidecar (NVIDIA GPU + TensorRT)",
                  frozenset({"opset", "fp16", "simplify", "exporter", "sizes", "verify"}), needs_gpu=True),
     ExportFormat("triton", "/", "Triton model repository (onnxruntime backend; tensorrt_plan with --engine)",
                  frozenset({"opset", "simplify", "exporter", "verify", "model_name", "engine", "int8",
-                            "instance_kind", "instance_count"})),
+                            "instance_kind", "instance_count", "batch", "max_batch_size",
+                            "max_queue_delay_us"})),
 )}
 
 

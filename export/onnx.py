@@ -45,9 +45,18 @@ def output_names(config: Any) -> list[str]:
     return artefact.output_names(config.has_masks)
 
 
-def build_metadata(config: Any, meta: dict[str, Any], exporter: str, opset: int, nms: str) -> dict[str, str]:
+def build_metadata(config: Any, meta: dict[str, Any], exporter: str, opset: int, nms: str,
+                   batch: int | str = 1) -> dict[str, str]:
     """metadata_props per docs/CONTRACTS.md (all values strings), built by sfdeploy.artefact."""
-    return artefact.build_metadata(config, meta, exporter=exporter, opset=opset, nms=nms)
+    canvas = batch_canvas(config) if batch == "dynamic" else None
+    return artefact.build_metadata(config, meta, exporter=exporter, opset=opset, nms=nms, batch=batch, canvas=canvas)
+
+
+def batch_canvas(config: Any) -> tuple[int, int]:
+    """The letterbox canvas of a batched graph of `config` (sfdeploy.processing decides it)."""
+    from sfdeploy.processing import letterbox_canvas
+
+    return letterbox_canvas(config.min_size, config.max_size)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -152,22 +161,34 @@ def simplify_onnx(path: Path) -> None:
 
 def _export_checked(model: Any, cfg: Any, meta: dict[str, Any], path: Path, exporter: str, opset: int, nms: str,
                     *, simplify: bool, verify: bool, sizes: tuple[int, ...], data: str | None,
-                    tolerances: dict[str, float] | None, failed_copy: Path
+                    tolerances: dict[str, float] | None, failed_copy: Path, batch: int | str = 1
                     ) -> tuple[int, dict[str, str], float, ParityReport | None, bool]:
     """Export, finalise, verify (and simplify) into `path` -> (opset, metadata, export seconds, parity, simplified).
     A graph failing parity is moved to `failed_copy` for inspection, never over the target."""
     t0 = time.perf_counter()
-    used_opset = _export_graph(model, cfg, path, exporter, opset, nms)
-    metadata = build_metadata(cfg, meta, exporter, used_opset, nms)
+    if batch == "dynamic":
+        from .batched import export_batched_graph
+        from .batched_verify import verify_batched
+
+        used_opset = export_batched_graph(model, batch_canvas(cfg), str(path), opset)
+
+        def check() -> ParityReport:
+            return verify_batched(path, model, cfg, batch_canvas(cfg), sizes=sizes, data=data, tolerances=tolerances)
+    else:
+        used_opset = _export_graph(model, cfg, path, exporter, opset, nms)
+
+        def check() -> ParityReport:
+            return verify_onnx(path, model, cfg, sizes=sizes, data=data, tolerances=tolerances)
+    metadata = build_metadata(cfg, meta, exporter, used_opset, nms, batch)
     _finalise(path, metadata)
     seconds = time.perf_counter() - t0
-    report = verify_onnx(path, model, cfg, sizes=sizes, data=data, tolerances=tolerances) if verify else None
+    report = check() if verify else None
     simplified = False
     if simplify and (report is None or report.passed):
         simplify_onnx(path)
         simplified = True
         if verify:
-            report = verify_onnx(path, model, cfg, sizes=sizes, data=data, tolerances=tolerances)
+            report = check()
     if report is not None and not report.passed:
         os.replace(path, failed_copy)
         report.artefact = str(failed_copy)
@@ -179,8 +200,11 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
                 meta: dict[str, Any] | None = None, opset: int = DEFAULT_OPSET, exporter: str = "auto",
                 nms: str = "multiclass", simplify: bool = False, verify: bool = True,
                 sizes: tuple[int, ...] = DEFAULT_SIZES, data: str | None = None,
-                tolerances: dict[str, float] | None = None) -> ExportResult:
+                tolerances: dict[str, float] | None = None, batch: int | str = 1) -> ExportResult:
     """Export a checkpoint path (or an eval-mode model + `config`) to `out_path`.
+
+    batch: 1 (default: [1,3,H,W] in, N detections out) or "dynamic" (one-stage detectors, TorchScript exporter:
+    [B,3,S,S] letterboxed images in, padded per-image outputs, export/batched.py).
 
     exporter: "torchscript" (torch.onnx legacy), "dynamo" (torch.export based, with export-only adapters), or
     "auto": TorchScript first, dynamo when TorchScript fails (e.g. once torch removes it) or misses parity. Both pass
@@ -196,10 +220,19 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
         raise UserError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
         raise UserError(f"opset {opset} unsupported: use 11..23 (default {DEFAULT_OPSET})")
+    if batch not in (1, "dynamic"):
+        raise UserError(f"--batch must be 1 or dynamic, got {batch!r}")
+    if batch == "dynamic" and exporter == "dynamo":
+        raise UserError("--batch dynamic uses the TorchScript exporter; leave --exporter at auto or torchscript")
     model, cfg, meta_d = _resolve_source(checkpoint_or_model, config, meta)
+    if batch == "dynamic":
+        from .batched import check_batchable
+
+        check_batchable(cfg)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    order = ["torchscript", "dynamo"] if exporter == "auto" and batch == 1 else \
+        (["torchscript"] if exporter == "auto" else [exporter])
     attempts: list[str] = []
     last_exc: BaseException | None = None
     remove_stale_temp_files(out.parent, name=out.name)  # left by a killed earlier export of the same file
@@ -208,7 +241,8 @@ def export_onnx(checkpoint_or_model: Any, out_path: str | Path, *, config: Any =
             with atomic_path(out) as tmp:  # `out` is replaced only by a graph that passed every check
                 used_opset, metadata, seconds, report, simplified = _export_checked(
                     model, cfg, meta_d, tmp, name, opset, nms, simplify=simplify, verify=verify, sizes=sizes,
-                    data=data, tolerances=tolerances, failed_copy=out.with_name(f"{out.name}.parity-failed"))
+                    data=data, tolerances=tolerances, failed_copy=out.with_name(f"{out.name}.parity-failed"),
+                    batch=batch)
             if report is not None:
                 report.artefact = str(out)
             return ExportResult(path=out, exporter=name, opset=used_opset, seconds=seconds,

@@ -20,6 +20,7 @@ from typing import Any
 # ONNX TensorProto element type -> Triton DataType
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 DEFAULT_MAX_BATCH = 8
+DEFAULT_QUEUE_DELAY_US = 100  # dynamic_batching: how long Triton waits to fill a batch
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32", 7: "TYPE_INT64",
                   9: "TYPE_BOOL", 2: "TYPE_UINT8", 3: "TYPE_INT8"}
 
@@ -41,9 +42,13 @@ def graph_io(onnx_path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str
     return io(m.graph.input), io(m.graph.output)
 
 
-def _fix_output_dims(outputs: list[dict[str, Any]], has_masks: bool) -> None:
-    """Graph shape inference may leave data-dependent outputs' ranks or dims unknown; fill in the contract's."""
+def _fix_output_dims(outputs: list[dict[str, Any]], has_masks: bool, batched_k: int | None = None) -> None:
+    """Graph shape inference may leave data-dependent outputs' ranks or dims unknown; fill in the contract's
+    (a batched graph: [B], [B,K,4], [B,K], [B,K] with K = detections_per_img)."""
     contract = {"boxes": [-1, 4], "scores": [-1], "labels": [-1], "masks": [-1, 1, -1, -1]}
+    if batched_k is not None:
+        contract = {"num_detections": [-1], "boxes": [-1, batched_k, 4], "scores": [-1, batched_k],
+                    "labels": [-1, batched_k]}
     for o in outputs:
         want = contract.get(o["name"])
         if want is None:
@@ -56,17 +61,20 @@ def _fix_output_dims(outputs: list[dict[str, Any]], has_masks: bool) -> None:
 
 def render_config(name: str, platform: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], *,
                   max_batch_size: int = 0, instance_count: int = 1, kind: str = "KIND_CPU",
-                  dynamic_batching: bool = False, parameters: dict[str, str] | None = None) -> str:
+                  dynamic_batching: bool = False, parameters: dict[str, str] | None = None,
+                  max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:
     def tensor(t: dict[str, Any]) -> str:
+        # a per-image scalar ([B] in the graph): Triton needs >= 1 dim, so [1] reshaped to the model's []
+        dims, reshape = (t["dims"], "") if t["dims"] else ([1], "\n    reshape: { shape: [ ] }")
         return (f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n'
-                f'    dims: [ {", ".join(str(d) for d in t["dims"])} ]\n  }}')
+                f'    dims: [ {", ".join(str(d) for d in dims)} ]{reshape}\n  }}')
 
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
              "input [\n" + ",\n".join(tensor(t) for t in inputs) + "\n]",
              "output [\n" + ",\n".join(tensor(t) for t in outputs) + "\n]",
              f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {kind}\n  }}\n]"]
     if dynamic_batching:
-        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 100\n}")
+        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}")
     for k, v in (parameters or {}).items():
         lines.append(f'parameters {{\n  key: "{k}"\n  value: {{\n    string_value: {json.dumps(v)}\n  }}\n}}')
     return "\n".join(lines) + "\n"
@@ -94,12 +102,12 @@ def resolve_kind(instance_kind: str, engine: bool) -> str:
 def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model_name: str | None = None,
                             engine_path: str | Path | None = None, instance_count: int = 1,
                             instance_kind: str = "auto", max_batch_size: int = DEFAULT_MAX_BATCH,
-                            version: int = 1) -> Path:
+                            max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, version: int = 1) -> Path:
     """Write the model repository; returns the model folder. `engine_path` -> tensorrt_plan variant (GPU).
 
     `instance_kind` auto|cpu|gpu: auto is KIND_GPU for an engine, KIND_CPU for ONNX (gpu runs the ONNX graph with
     ONNX Runtime's CUDA provider inside Triton). `max_batch_size` applies only to graphs with a dynamic batch
-    dimension."""
+    dimension, with `max_queue_delay_us` of Triton's dynamic batcher."""
     from sfdeploy.artefact import parse_metadata, triton_parameters
     from sfdeploy.errors import UserError
     from sfdeploy.io import atomic_path, atomic_write_text, remove_stale_temp_files
@@ -110,6 +118,8 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
         raise UserError(f"--instance-count must be >= 1, got {instance_count}")
     if max_batch_size < 1:
         raise UserError(f"--max-batch-size must be >= 1, got {max_batch_size}")
+    if max_queue_delay_us < 0:
+        raise UserError(f"--max-queue-delay-us must be >= 0, got {max_queue_delay_us}")
     onnx_path = Path(onnx_path)
     meta = read_metadata(onnx_path)
     kind = resolve_kind(instance_kind, engine_path is not None)
@@ -117,9 +127,10 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     model_dir = Path(out_dir) / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     inputs, outputs = graph_io(onnx_path)
-    _fix_output_dims(outputs, "masks" in [o["name"] for o in outputs])
-    batch = parse_metadata(meta)["input"].get("batch", 1)
-    dynamic = batch == "dynamic"
+    md = parse_metadata(meta)
+    dynamic = md["input"].get("batch", 1) == "dynamic"
+    k = next((o["shape"][1] for o in md["outputs"] if o.get("name") == "scores"), -1) if dynamic else None
+    _fix_output_dims(outputs, "masks" in [o["name"] for o in outputs], k)
     if dynamic:  # Triton: with max_batch_size > 0 the dims leave out the batch dimension
         for t in inputs + outputs:
             t["dims"] = t["dims"][1:]
@@ -135,7 +146,8 @@ def write_triton_repository(onnx_path: str | Path, out_dir: str | Path, *, model
     with atomic_path(target) as tmp:  # Triton may be polling the repository: it never sees half a model
         shutil.copyfile(source, tmp)
     text = render_config(name, platform, inputs, outputs, max_batch_size=max_batch_size if dynamic else 0,
-                         instance_count=instance_count, kind=kind, dynamic_batching=dynamic, parameters=keep)
+                         instance_count=instance_count, kind=kind, dynamic_batching=dynamic, parameters=keep,
+                         max_queue_delay_us=max_queue_delay_us)
     atomic_write_text(model_dir / "config.pbtxt", text)
     return model_dir
 

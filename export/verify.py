@@ -318,4 +318,14 @@ def verify_artefact(artefact: str | Path, checkpoint: str | Path, *, sizes: tupl
     if path.suffix != ".onnx":
         raise UserError(f"{path} is not an .onnx file")
     model, ckpt = load_model(checkpoint)
+    from sfdeploy.artefact import parse_metadata
+
+    from .onnx import read_metadata
+
+    spec = parse_metadata(read_metadata(path))["input"]
+    if spec.get("batch") == "dynamic":  # export --batch dynamic: one batched run vs eager per image
+        from .batched_verify import verify_batched
+
+        canvas = spec.get("canvas") or [ckpt.config.max_size] * 2
+        return verify_batched(path, model, ckpt.config, (int(canvas[0]), int(canvas[1])), sizes=sizes, data=data)
     return verify_onnx(path, model, ckpt.config, sizes=sizes, data=data)

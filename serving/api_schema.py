@@ -77,5 +77,6 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {400: "not an image, truncated, empty, bad base64/JSON or multipart (e.g. two 'image' parts)",
             404: "unknown model", 408: "request body not received in time", 413: "too many bytes or pixels",
             415: "unsupported content type", 422: "wrong field names or query values",
-            500: "the backend failed on a valid image (logged)"}
+            500: "the backend failed on a valid image (logged)",
+            503: "too many requests queued for the model (--max-queue); retry after Retry-After seconds"}
     return {code: {"model": ErrorBody, "description": what.get(code, "error")} for code in codes}

@@ -55,6 +55,12 @@ def register(subparsers: Any) -> None:
     s.add_argument("--header-timeout", type=float, default=None,
                    help="seconds for a new or idle connection to send request headers (default 10)")
     s.add_argument("--keep-alive", type=int, default=None, help="idle keep-alive seconds (default 5)")
+    s.add_argument("--batch-window-ms", type=float, default=None,
+                   help="batched graphs: how long to collect concurrent requests into one inference (default 5)")
+    s.add_argument("--max-batch", type=int, default=None,
+                   help="batched graphs: most images per inference (default 8; 1 = no batching)")
+    s.add_argument("--max-queue", type=int, default=None,
+                   help="detect requests per model waiting or running before 503 (default 64)")
     s.set_defaults(handler=serve_command)
 
     b = subparsers.add_parser("bench", help="latency/throughput (and optional AP) per artefact",
@@ -197,9 +203,28 @@ def serve_command(args: argparse.Namespace) -> int:
         kwargs["body_timeout"] = args.body_timeout
     kwargs["header_timeout"] = args.header_timeout
     kwargs["keep_alive"] = args.keep_alive
+    kwargs.update(_batching_options(args))
     server.serve(args.artefacts, host=args.host, port=args.port, names=args.name, backend=args.backend,
                  device=args.device, **kwargs)
     return 0
+
+
+def _batching_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--batch-window-ms / --max-batch / --max-queue as create_app keyword arguments (one-line errors)."""
+    from sfdeploy.errors import UserError
+
+    opts: dict[str, Any] = {}
+    if args.batch_window_ms is not None:
+        if not 0 <= args.batch_window_ms <= 1000:
+            raise UserError(f"--batch-window-ms must be in 0..1000, got {args.batch_window_ms:g}")
+        opts["batch_window_ms"] = args.batch_window_ms
+    for flag, value, key in (("--max-batch", args.max_batch, "max_batch"), ("--max-queue", args.max_queue,
+                                                                            "max_queue")):
+        if value is not None:
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+            opts[key] = value
+    return opts
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@
 - `GET /metrics`: `sfdeploy_requests_total{route,method,status}`, `sfdeploy_request_errors_total{route,status}`
   (status >= 400), `sfdeploy_request_duration_seconds{route,model}` (histogram; model only on /v1/detect),
   `sfdeploy_inference_duration_seconds{model}` (histogram of the predictor call alone, fed by `observe_inference`),
-  `sfdeploy_queue_depth{model}` (detect requests of that model waiting or running), `sfdeploy_models_loaded`.
+  `sfdeploy_queue_depth{model}` (detect requests of that model waiting or running), `sfdeploy_models_loaded`,
+  `sfdeploy_batch_size{model}` (histogram of images per inference of request batching, serving/batcher.py).
 - `GET /readyz`: 200 while every model is loaded (create_app only receives loaded, warmed predictors), 503 once
   shutdown has begun (`/healthz`, liveness, stays in server.py).
 Each app gets its own CollectorRegistry (several apps in one process, as in the tests, do not collide). Route and
@@ -24,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 # seconds; CPU detector inference is 20 ms .. several s
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DETECT_ROUTE = "/v1/detect"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ServiceMetrics:
@@ -42,6 +44,8 @@ class ServiceMetrics:
         self.inference = Histogram("sfdeploy_inference_duration_seconds", "predictor call (inference) time",
                                    ["model"], buckets=BUCKETS, registry=r)
         self.queue = Gauge("sfdeploy_queue_depth", "detect requests waiting or running", ["model"], registry=r)
+        self.batch = Histogram("sfdeploy_batch_size", "images per batched inference (request batching)", ["model"],
+                               buckets=BATCH_BUCKETS, registry=r)
         loaded = Gauge("sfdeploy_models_loaded", "models loaded", registry=r)
         loaded.set(len(models))
         for m in models:  # series exist from the start (a scrape sees 0, not nothing)
@@ -50,6 +54,9 @@ class ServiceMetrics:
 
     def observe_inference(self, model: str, seconds: float) -> None:
         self.inference.labels(model=model if model in self.models else "unknown").observe(seconds)
+
+    def observe_batch(self, model: str, images: int) -> None:
+        self.batch.labels(model=model if model in self.models else "unknown").observe(images)
 
     def model_of(self, scope: dict[str, Any]) -> str:
         if scope["path"] != DETECT_ROUTE:

@@ -108,12 +108,25 @@ class Predictor:
         self.work_size = (config.min_size, config.max_size) if config.has_masks else None
         # A predictor may be shared between threads (HTTP server); backends that are not re-entrant use it.
         self.lock = threading.Lock()
+        # A batched graph (export --batch dynamic) takes letterboxed images of one fixed canvas (h, w).
+        spec = metadata.get("input") or {}
+        canvas = spec.get("canvas") if spec.get("batch") == "dynamic" else None
+        self.canvas: tuple[int, int] | None = (int(canvas[0]), int(canvas[1])) if canvas else None
 
     # -- to implement ----------------------------------------------------------------------------
     def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def _infer_batch(self, tensor: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """[B,3,h,w] of one shape -> one `_infer`-style dict per image; backends of batched graphs override it."""
+        return [self._infer(tensor[i:i + 1]) for i in range(len(tensor))]
+
     # -- API ---------------------------------------------------------------------------------------
+    @property
+    def batched(self) -> bool:
+        """True when one inference can run several images (a dynamic-batch graph)."""
+        return self.canvas is not None
+
     @property
     def class_names(self) -> list[str]:
         return list(self.config.class_names)
@@ -141,8 +154,37 @@ class Predictor:
     def predict_image(self, image: np.ndarray, score_thresh: float | None = None, max_detections: int | None = None,
                       masks: bool = True) -> Detections:
         """Already-decoded uint8 [H,W,3] RGB image -> Detections."""
-        prepared = processing.prepare(image, self.max_side, self.work_size)
+        prepared = self.prepare_image(image)
         raw = self._infer(prepared.tensor)
+        return self.finish(raw, prepared, score_thresh, max_detections, masks)
+
+    def prepare_image(self, image: np.ndarray) -> processing.Prepared:
+        """The backend's input for a decoded image: letterboxed to the canvas for a batched graph."""
+        if self.canvas is not None:
+            return processing.letterbox(image, self.canvas, (self.config.min_size, self.config.max_size))
+        return processing.prepare(image, self.max_side, self.work_size)
+
+    def infer_batch(self, tensors: list[np.ndarray], max_batch: int = 8) -> list[dict[str, np.ndarray]]:
+        """Raw outputs for prepared tensors: batched graphs run up to `max_batch` images per inference (bounded
+        memory), batch-1 graphs one at a time."""
+        if self.canvas is None:
+            return [self._infer(t) for t in tensors]
+        out: list[dict[str, np.ndarray]] = []
+        for i in range(0, len(tensors), max(1, max_batch)):
+            out += self._infer_batch(np.concatenate(tensors[i:i + max(1, max_batch)]))
+        return out
+
+    def predict_batch(self, images: list[Any], score_thresh: float | None = None, max_detections: int | None = None,
+                      masks: bool = True, max_batch: int = 8) -> list[Detections]:
+        """Images (any `predict` input) -> one Detections each, the same as `predict` per image; a batched graph
+        runs them `max_batch` at a time in one inference each."""
+        prepared = [self.prepare_image(processing.load_image(im, max_pixels=self.max_pixels)) for im in images]
+        raws = self.infer_batch([p.tensor for p in prepared], max_batch)
+        return [self.finish(r, p, score_thresh, max_detections, masks) for r, p in zip(raws, prepared)]
+
+    def finish(self, raw: dict[str, np.ndarray], prepared: processing.Prepared, score_thresh: float | None = None,
+               max_detections: int | None = None, masks: bool = True) -> Detections:
+        """A backend's raw output for `prepared` -> Detections in original-image pixels."""
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         out = processing.postprocess(raw, prepared, score_thresh=thresh, max_detections=max_detections,
                                      masks=masks and self.config.has_masks)

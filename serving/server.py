@@ -4,11 +4,14 @@ Every bad input is answered with a 4xx JSON body {"error": "..."}: non-image byt
 uploads, decompression bombs and over-size images (413), over-size bodies (413), wrong field names or content
 types (422/415), unknown model (404), a body not received within `body_timeout` (408), two 'image' parts (400).
 Decoding and inference run in worker threads (never on the event loop); a per-model semaphore bounds concurrent
-inferences. The documented response shapes live in serving/api_schema.py; limits and timeouts in docs/SERVING.md.
+inferences; batched graphs collect concurrent requests into one inference (serving/batcher.py). At most `max_queue`
+detect requests per model wait or run; more get 503 with Retry-After. The documented response shapes live in
+serving/api_schema.py; limits and timeouts in docs/SERVING.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -25,21 +28,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sfdeploy import limits, processing
 
 from .api_schema import DetectResponse, HealthResponse, ModelsResponse, error_responses
+from .batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_MS, Batcher
 from .predictor import Predictor
 
 DEFAULT_MAX_BYTES = limits.MAX_IMAGE_BYTES  # shared with the demo (sfdeploy.limits)
 DEFAULT_MAX_PIXELS = limits.MAX_IMAGE_PIXELS
 DEFAULT_CONCURRENCY = 1  # inferences in flight per model (each already uses all cores)
 DEFAULT_BODY_TIMEOUT = 30.0  # s to receive a whole request body (slow uploads get 408)
+DEFAULT_MAX_QUEUE = 64  # detect requests per model waiting or running; more get 503
+RETRY_AFTER_S = 1
 
 log = logging.getLogger("sfdeploy.serving")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 _DETECT_BODY = {
@@ -62,10 +69,14 @@ _DETECT_BODY = {
 
 def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, concurrency: int = DEFAULT_CONCURRENCY,
-               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
-    """An ASGI app serving `models` (name -> Predictor; the first is the default)."""
+               body_timeout: float = DEFAULT_BODY_TIMEOUT, batch_window_ms: float = DEFAULT_WINDOW_MS,
+               max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+    """An ASGI app serving `models` (name -> Predictor; the first is the default). Batched graphs batch
+    concurrent requests (up to `max_batch` images within `batch_window_ms`); `max_queue` bounds each model's queue."""
     if not models:
         raise ValueError("create_app needs at least one model")
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
     from sfdeploy import __version__
 
     app = FastAPI(title="sfdeploy detection service", version=__version__,
@@ -78,9 +89,15 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
             limiters[name] = anyio.CapacityLimiter(max(1, concurrency))
         return limiters[name]
 
+    batchers = {name: Batcher(p, window_ms=batch_window_ms, max_batch=max_batch,
+                              on_batch=lambda n, _s, name=name: app.state.metrics.observe_batch(name, n))
+                for name, p in models.items() if p.batched and max_batch > 1}
+    pending = dict.fromkeys(models, 0)  # detect requests per model past body reading (event-loop only)
+    app.state.batchers = batchers
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,7 +126,7 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
 
     @app.post("/v1/detect", openapi_extra=_DETECT_BODY, response_model=DetectResponse,
               response_model_exclude_none=True,
-              responses=error_responses(400, 404, 408, 413, 415, 422, 500),
+              responses=error_responses(400, 404, 408, 413, 415, 422, 500, 503),
               summary="Detect objects in one image (multipart field 'image' or JSON 'image_base64')")
     async def detect(
         request: Request,
@@ -123,31 +140,81 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
             raise ApiError(404, f"unknown model {name!r}; loaded: {', '.join(models)}")
         predictor = models[name]
         data = await _read_image_bytes(request, max_bytes, body_timeout)
-
-        def work() -> dict[str, Any]:
+        if pending[name] >= max_queue:
+            raise ApiError(503, f"model {name!r} has {pending[name]} requests queued (limit {max_queue}); "
+                                f"retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        pending[name] += 1
+        params = {"score_thresh": threshold, "max_detections": max_detections, "masks": masks}
+        try:
             t0 = time.perf_counter()
-            try:
-                image = processing.load_image(data, max_pixels=max_pixels, name="image")
-            except processing.ImageTooLargeError as exc:
-                raise ApiError(413, str(exc)) from None
-            except processing.InvalidImageError as exc:
-                raise ApiError(400, str(exc)) from None
-            try:
-                t_infer = time.perf_counter()
-                dets = predictor.predict_image(image, score_thresh=threshold, max_detections=max_detections,
-                                               masks=masks)
-                app.state.metrics.observe_inference(name, time.perf_counter() - t_infer)
-                body = dets.to_dict(masks=masks)
-            except Exception as exc:  # a backend bug: a clean JSON 500 that keeps the connection usable
-                log.exception("model %s failed on a %dx%d image", name, image.shape[1], image.shape[0])
-                raise ApiError(500, f"inference failed on a {image.shape[1]}x{image.shape[0]} image "
-                                    f"({type(exc).__name__})") from None
-            body["model"] = name
-            body["time_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
-            return body
-
-        body = await anyio.to_thread.run_sync(work, limiter=limiter(name))
+            if name in batchers:
+                body = await detect_batched(name, data, params, t0)
+            else:
+                body = await anyio.to_thread.run_sync(lambda: detect_one(name, data, params, t0),
+                                                      limiter=limiter(name))
+        finally:
+            pending[name] -= 1
         return JSONResponse(body)
+
+    def decode(data: bytes) -> Any:
+        try:
+            return processing.load_image(data, max_pixels=max_pixels, name="image")
+        except processing.ImageTooLargeError as exc:
+            raise ApiError(413, str(exc)) from None
+        except processing.InvalidImageError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def inference_failed(name: str, image: Any, exc: Exception) -> ApiError:
+        """A backend bug: logged, answered with a clean JSON 500 that keeps the connection usable."""
+        log.error("model %s failed on a %dx%d image", name, image.shape[1], image.shape[0], exc_info=exc)
+        return ApiError(500, f"inference failed on a {image.shape[1]}x{image.shape[0]} image "
+                             f"({type(exc).__name__})")
+
+    def answer(name: str, dets: Any, masks: bool, t0: float) -> dict[str, Any]:
+        body = dets.to_dict(masks=masks)
+        body["model"] = name
+        body["time_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        return body
+
+    def detect_one(name: str, data: bytes, params: dict[str, Any], t0: float) -> dict[str, Any]:
+        image = decode(data)
+        try:
+            t_infer = time.perf_counter()
+            dets = models[name].predict_image(image, **params)
+            app.state.metrics.observe_inference(name, time.perf_counter() - t_infer)
+            return answer(name, dets, params["masks"], t0)
+        except Exception as exc:
+            raise inference_failed(name, image, exc) from None
+
+    async def detect_batched(name: str, data: bytes, params: dict[str, Any], t0: float) -> dict[str, Any]:
+        """Decode and letterbox in a worker thread, wait for the batch on the event loop, finish in a thread."""
+        predictor = models[name]
+
+        def prepare() -> tuple[Any, Any]:
+            image = decode(data)
+            return image, predictor.prepare_image(image)
+
+        image, prepared = await anyio.to_thread.run_sync(prepare)
+        t_infer = time.perf_counter()
+        try:
+            raw = await asyncio.wrap_future(batchers[name].submit(prepared.tensor))
+        except Exception as exc:
+            raise inference_failed(name, image, exc) from None
+        app.state.metrics.observe_inference(name, time.perf_counter() - t_infer)
+
+        def finish() -> dict[str, Any]:
+            try:
+                return answer(name, predictor.finish(raw, prepared, **params), params["masks"], t0)
+            except Exception as exc:
+                raise inference_failed(name, image, exc) from None
+
+        return await anyio.to_thread.run_sync(finish)
+
+    def close_batchers() -> None:
+        for b in batchers.values():
+            b.close()
+
+    app.router.on_shutdown.append(close_batchers)
 
     from .metrics import finalize_routes, install  # /metrics, /readyz (serving/metrics.py)
 
@@ -253,8 +320,9 @@ def serve(artefacts: list[str], host: str = "127.0.0.1", port: int = 8000, names
           backend: str = "auto", device: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
           max_pixels: int = DEFAULT_MAX_PIXELS, log_level: str = "info",
           body_timeout: float = DEFAULT_BODY_TIMEOUT, header_timeout: float | None = None,
-          keep_alive: int | None = None) -> None:
-    """Load the artefacts and run the service with uvicorn until interrupted (timeouts: serving/http_timeouts.py)."""
+          keep_alive: int | None = None, **batching: Any) -> None:
+    """Load the artefacts and run the service with uvicorn until interrupted (timeouts: serving/http_timeouts.py;
+    `batching`: create_app's batch_window_ms, max_batch, max_queue)."""
     import uvicorn
 
     from .http_timeouts import DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE, uvicorn_config
@@ -262,7 +330,7 @@ def serve(artefacts: list[str], host: str = "127.0.0.1", port: int = 8000, names
     models = load_models(artefacts, names, backend=backend, device=device)
     for p in models.values():
         p.warmup(size=min(p.config.max_size, 320))
-    app = create_app(models, max_bytes=max_bytes, max_pixels=max_pixels, body_timeout=body_timeout)
+    app = create_app(models, max_bytes=max_bytes, max_pixels=max_pixels, body_timeout=body_timeout, **batching)
     config = uvicorn_config(app, host=host, port=port, log_level=log_level,
                             header_timeout=DEFAULT_HEADER_TIMEOUT if header_timeout is None else header_timeout,
                             keep_alive=DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive)

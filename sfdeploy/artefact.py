@@ -31,8 +31,15 @@ def output_names(has_masks: bool) -> list[str]:
     return ["boxes", "scores", "labels"] + (["masks"] if has_masks else [])
 
 
-def output_specs(config: ModelConfig, has_masks: bool | None = None) -> list[dict[str, Any]]:
+def output_specs(config: ModelConfig, has_masks: bool | None = None, batch: int | str = 1) -> list[dict[str, Any]]:
     """What each output holds (the `sfdeploy.outputs` value)."""
+    if batch == "dynamic":  # TensorRT EfficientNMS / Triton convention: K rows per image, zero past the count
+        k = int(config.detections_per_img)
+        return [
+            {"name": "num_detections", "dtype": "int64", "shape": ["B"]},
+            {"name": "boxes", "dtype": "float32", "shape": ["B", k, 4], "format": "xyxy", "units": "canvas pixels"},
+            {"name": "scores", "dtype": "float32", "shape": ["B", k]},
+            {"name": "labels", "dtype": "int64", "shape": ["B", k], "range": [1, config.num_classes]}]
     masks = config.has_masks if has_masks is None else has_masks
     outs: list[dict[str, Any]] = [
         {"name": "boxes", "dtype": "float32", "shape": ["N", 4], "format": "xyxy", "units": "input pixels"},
@@ -58,13 +65,23 @@ def jsonable(x: Any) -> Any:
 
 def build_metadata(config: ModelConfig, meta: dict[str, Any] | None, *, exporter: str,
                    opset: int | None = None, nms: str | None = None, batch: int | str = 1,
-                   has_masks: bool | None = None) -> dict[str, str]:
+                   has_masks: bool | None = None, canvas: tuple[int, int] | None = None) -> dict[str, str]:
     """The contract's metadata dict (all values strings) for an artefact of `config`.
 
-    batch: 1 (the graph takes one image) or "dynamic"."""
+    batch: 1 (the graph takes one image) or "dynamic" (with `canvas` (h, w): the letterbox size callers use;
+    default `processing.letterbox_canvas` of the config)."""
     from sfdeploy import __version__
 
     shape: list[Any] = [batch if batch != "dynamic" else "B", 3, "H", "W"]
+    spec: dict[str, Any] = {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "range": [0, 1],
+                            "color": "RGB", "batch": batch, "shape": shape}
+    if batch == "dynamic":
+        if canvas is None:
+            from sfdeploy.processing import letterbox_canvas
+
+            canvas = letterbox_canvas(config.min_size, config.max_size)
+        spec.update(shape=["B", 3, int(canvas[0]), int(canvas[1])], canvas=[int(canvas[0]), int(canvas[1])],
+                    resize="letterbox")
     props = {
         KEY_CONFIG: json.dumps(config.to_dict()),
         KEY_META: json.dumps(jsonable(meta or {})),
@@ -76,9 +93,8 @@ def build_metadata(config: ModelConfig, meta: dict[str, Any] | None, *, exporter
     if nms is not None:
         props[KEY_NMS] = nms
     props.update({
-        KEY_INPUT: json.dumps({"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "range": [0, 1],
-                               "color": "RGB", "batch": batch, "shape": shape}),
-        KEY_OUTPUTS: json.dumps(output_specs(config, has_masks)),
+        KEY_INPUT: json.dumps(spec),
+        KEY_OUTPUTS: json.dumps(output_specs(config, has_masks, batch)),
         "class_names": json.dumps(list(config.class_names)),
         "category_ids": json.dumps([config.category_id(k) for k in range(1, config.num_classes + 1)]),
         "detector": config.detector,

@@ -204,6 +204,28 @@ def prepare(image: np.ndarray, max_side: int | None = DEFAULT_MAX_SIDE,
     return Prepared(tensor=tensor, original_size=(H, W), input_size=(h, w))
 
 
+def letterbox_canvas(min_size: int, max_size: int, multiple: int = 32) -> tuple[int, int]:
+    """(h, w) of the fixed canvas of a batched graph: every image at the model's working size fits in it."""
+    side = -(-max(min_size, max_size) // multiple) * multiple
+    return side, side
+
+
+def letterbox(image: np.ndarray, canvas: tuple[int, int], work_size: tuple[int, int]) -> Prepared:
+    """uint8 [H,W,3] RGB -> float32 [1,3,ch,cw]: resized (down or up) to the model's working size (torchvision's
+    rule: shortest side min_size, longest at most max_size), top-left on a black canvas of the batched graph's
+    fixed size. One shape for every image, so images of any size share one batch; `postprocess` maps back."""
+    H, W = image.shape[:2]
+    ch, cw = canvas
+    s = min(work_size[0] / min(H, W), work_size[1] / max(H, W), ch / H, cw / W)
+    w, h = min(cw, max(1, round(W * s))), min(ch, max(1, round(H * s)))
+    small = image
+    if (w, h) != (W, H):
+        small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    tensor = np.zeros((1, 3, ch, cw), dtype=np.float32)
+    np.divide(small.transpose(2, 0, 1), np.float32(255.0), out=tensor[0, :, :h, :w], dtype=np.float32)
+    return Prepared(tensor=tensor, original_size=(H, W), input_size=(h, w))
+
+
 # -- outputs ------------------------------------------------------------------------------------------
 def postprocess(raw: dict[str, Any], prepared: Prepared, *, score_thresh: float = 0.0,
                 max_detections: int | None = None, masks: bool = True) -> dict[str, Any]:

@@ -83,11 +83,22 @@ class OnnxRuntimePredictor(Predictor):
             raise UserError(f"{path}: expected one input 'images' [1,3,H,W], found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
         self.output_names = [o.name for o in session.get_outputs()]
-        needed = {"boxes", "scores", "labels"} | ({"masks"} if config.has_masks else set())
+        needed = {"boxes", "scores", "labels"} | ({"masks"} if config.has_masks else set()) \
+            | ({"num_detections"} if self.canvas is not None else set())
         if not needed <= set(self.output_names):
             raise UserError(f"{path}: outputs {self.output_names} lack {sorted(needed - set(self.output_names))}")
 
     def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        if self.canvas is not None:
+            return self._infer_batch(tensor)[0]
         # InferenceSession.run is thread-safe; no lock needed.
         outs = self.session.run(self.output_names, {self.input_name: tensor})
         return dict(zip(self.output_names, outs))
+
+    def _infer_batch(self, tensor: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """One run of a batched graph over [B,3,h,w]; the padded outputs cut to each image's num_detections."""
+        if self.canvas is None:
+            return super()._infer_batch(tensor)
+        outs = dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: tensor})))
+        return [{k: outs[k][i, :n] for k in ("boxes", "scores", "labels")}
+                for i, n in enumerate(int(c) for c in outs["num_detections"].reshape(-1))]

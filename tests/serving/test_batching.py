@@ -1,0 +1,176 @@
+"""Server-side request batching (serving/batcher.py) against the ASGI app, and the letterbox it relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from sfdeploy import processing, serving
+from sfdeploy.serving.server import create_app
+
+from serving_helpers import synthetic_image
+
+
+@pytest.fixture(scope="module")
+def batched_onnx(artefacts, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The tiny RetinaNet exported with --batch dynamic (parity-checked)."""
+    from sfdeploy.export.onnx import export_onnx
+
+    ckpt, _ = artefacts.get("retinanet")
+    return export_onnx(ckpt, tmp_path_factory.mktemp("batched") / "retinanet_b.onnx", batch="dynamic").path
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _images() -> list[bytes]:
+    a, b = synthetic_image(0), synthetic_image(1)
+    return [png(a), png(np.ascontiguousarray(b[:, :150])), png(np.ascontiguousarray(a[:90])), png(b[::2, ::2].copy()),
+            png(synthetic_image(2)), png(synthetic_image(3))]
+
+
+def _record_batches(predictor):  # type: ignore[no-untyped-def]
+    sizes: list[int] = []
+    infer = predictor.infer_batch
+    predictor.infer_batch = lambda tensors, max_batch=8: sizes.append(len(tensors)) or infer(tensors, max_batch)
+    return sizes
+
+
+async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as client:
+        return await asyncio.gather(*[client.post("/v1/detect",
+                                                  files={"image": ("a.png", b, "image/png")}) for b in bodies])
+
+
+def test_concurrent_requests_batched_with_sequential_results(batched_onnx):  # type: ignore[no-untyped-def]
+    predictor = serving.load(batched_onnx)
+    bodies = _images()
+    sequential = [predictor.predict(processing.load_image(b)) for b in bodies]
+    sizes = _record_batches(predictor)
+    app = create_app({"b": predictor}, batch_window_ms=300, max_batch=4)
+    responses = asyncio.run(_post_all(app, bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert max(sizes) > 1 and max(sizes) <= 4 and sum(sizes) == len(bodies)  # batched, never over max_batch
+    assert app.state.metrics.registry.get_sample_value("sfdeploy_batch_size_count", {"model": "b"}) == len(sizes)
+    assert app.state.metrics.registry.get_sample_value("sfdeploy_batch_size_sum", {"model": "b"}) == len(bodies)
+    for r, want in zip(responses, sequential):
+        got = r.json()
+        assert got["image_size"] == list(want.image_size)
+        assert [d["label"] for d in got["detections"]] == [int(k) for k in want.labels]
+        np.testing.assert_allclose([d["box"] for d in got["detections"]] or np.zeros((0, 4)), want.boxes, atol=0.02)
+        np.testing.assert_allclose([d["score"] for d in got["detections"]], want.scores, atol=1e-5)
+
+
+def test_bad_image_in_a_batch_gets_its_4xx_others_succeed(batched_onnx):  # type: ignore[no-untyped-def]
+    predictor = serving.load(batched_onnx)
+    sizes = _record_batches(predictor)
+    bodies = _images()[:3] + [b"not an image at all"] + [png(np.zeros((1, 1, 3), np.uint8))[:20]]
+    app = create_app({"b": predictor}, batch_window_ms=300, max_batch=8)
+    responses = asyncio.run(_post_all(app, bodies))
+    assert [r.status_code for r in responses] == [200, 200, 200, 400, 400]
+    assert all(len(r.json()["detections"]) > 0 for r in responses[:3])
+    assert "image" in responses[3].json()["error"] and sizes == [3]
+
+
+def test_inference_failure_stays_with_its_image(batched_onnx):  # type: ignore[no-untyped-def]
+    """A batch that fails is rerun image by image: the image that breaks the backend gets 500, the others 200."""
+    predictor = serving.load(batched_onnx)
+    real = predictor._infer_batch
+
+    def fragile(tensor):  # type: ignore[no-untyped-def]
+        if (tensor.reshape(len(tensor), -1).max(1) == 0).any():  # a black image "crashes" the backend
+            raise RuntimeError("backend bug")
+        return real(tensor)
+
+    predictor._infer_batch = fragile
+    sizes = _record_batches(predictor)
+    bodies = _images()[:3] + [png(np.zeros((64, 64, 3), np.uint8))]
+    app = create_app({"b": predictor}, batch_window_ms=300, max_batch=8)
+    responses = asyncio.run(_post_all(app, bodies))
+    assert [r.status_code for r in responses] == [200, 200, 200, 500]
+    assert responses[3].json() == {"error": "inference failed on a 64x64 image (RuntimeError)"}
+    assert sizes[0] == 4 and sorted(sizes[1:]) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("kind", ["batched", "batch-1"])
+def test_full_queue_gets_503_with_retry_after(batched_onnx, artefacts, kind):  # type: ignore[no-untyped-def]
+    predictor = serving.load(batched_onnx if kind == "batched" else artefacts.get("retinanet")[1])
+    gate, inside = threading.Event(), threading.Event()
+    method = "_infer_batch" if predictor.batched else "_infer"
+    infer = getattr(predictor, method)
+
+    def blocked(tensor):  # type: ignore[no-untyped-def]
+        inside.set()
+        gate.wait(30)
+        return infer(tensor)
+
+    setattr(predictor, method, blocked)
+    app = create_app({"m": predictor}, max_queue=2, batch_window_ms=1, max_batch=4)
+    body = _images()[0]
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as c:
+            first = [asyncio.create_task(c.post("/v1/detect", files={"image": ("a.png", body, "image/png")}))
+                     for _ in range(2)]
+            while not inside.is_set():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            full = await c.post("/v1/detect", files={"image": ("a.png", body, "image/png")})
+            metrics = (await c.get("/metrics")).text
+            gate.set()
+            return full, await asyncio.gather(*first), metrics
+
+    full, first, metrics = asyncio.run(scenario())
+    assert full.status_code == 503 and full.headers["retry-after"] == "1"
+    assert full.json()["error"] == "model 'm' has 2 requests queued (limit 2); retry in 1 s"
+    assert [r.status_code for r in first] == [200, 200]
+    assert 'sfdeploy_queue_depth{model="m"} 2.0' in metrics  # the two waiting; the refused one is not counted
+    assert "503" in app.openapi()["paths"]["/v1/detect"]["post"]["responses"]  # documented for clients
+
+
+def test_batch_1_graph_not_batched(artefacts):  # type: ignore[no-untyped-def]
+    """A batch-1 graph keeps today's path: one image per inference, results as before."""
+    predictor = serving.load(artefacts.get("retinanet")[1])
+    assert not predictor.batched
+    sizes = _record_batches(predictor)
+    app = create_app({"m": predictor}, batch_window_ms=300, max_batch=8)
+    assert not app.state.batchers
+    responses = asyncio.run(_post_all(app, _images()[:3]))
+    assert [r.status_code for r in responses] == [200] * 3 and sizes == []
+
+
+def test_serve_cli_batching_flags_errors(capsys):  # type: ignore[no-untyped-def]
+    from sfdeploy.cli import main
+
+    for flags, needle in ((["--max-batch", "0"], "--max-batch must be >= 1"),
+                          (["--batch-window-ms", "-1"], "--batch-window-ms must be in 0..1000"),
+                          (["--max-queue", "0"], "--max-queue must be >= 1")):
+        assert main(["serve", "missing.onnx", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 900), w=st.integers(1, 900), side=st.sampled_from([64, 128, 320]))
+def test_letterbox_fits_any_image(h, w, side):  # type: ignore[no-untyped-def]
+    """Any image size: the canvas shape, content top-left inside it, black padding, a scale that maps back."""
+    canvas = processing.letterbox_canvas(side, side)
+    image = np.full((h, w, 3), 255, np.uint8)
+    p = processing.letterbox(image, canvas, (side, side))
+    ih, iw = p.input_size
+    assert p.tensor.shape == (1, 3, *canvas) and 1 <= ih <= canvas[0] and 1 <= iw <= canvas[1]
+    assert max(ih, iw) == side  # the working size of a min_size = max_size = side model
+    assert p.tensor[0, :, :ih, :iw].min() == 1.0 and p.tensor[0, :, ih:, :].max(initial=0) == 0
+    sx, sy = p.scale_xy
+    assert abs(iw * sx - w) < 1e-6 * w + 1e-9 and abs(ih * sy - h) < 1e-6 * h + 1e-9
