@@ -12,11 +12,11 @@ from .formats import FORMATS, check_options, formats_help
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX / TensorRT / a Triton repository",
+    p = subparsers.add_parser("export", help="export a checkpoint to ONNX / TensorRT / a Triton repository / OpenVINO",
                               description=f"Formats: {formats_help()}.")
     p.add_argument("checkpoint", help="sfdeploy checkpoint (.pt)")
     p.add_argument("--format", default="onnx", choices=list(FORMATS), help="artefact format (default onnx)")
-    p.add_argument("--out", required=True, help="output file (.onnx / .engine) or folder (triton)")
+    p.add_argument("--out", required=True, help="output file (.onnx / .engine / openvino .xml) or folder (triton)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; dynamo uses >= 18)")
     p.add_argument("--exporter", default=None, choices=["auto", "torchscript", "dynamo"],
                    help="torch ONNX exporter; auto = torchscript, falling back to dynamo (default auto)")
@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--calib-images", type=int, default=None, help="--int8: number of calibration images (default 32)")
     p.add_argument("--calib-method", default=None, choices=["auto", "minmax", "percentile", "entropy"],
                    help="--int8: activation range estimator (default auto: percentile one-stage, minmax two-stage)")
+    p.add_argument("--precision", default=None, choices=["f32", "bf16"],
+                   help="openvino: default inference precision recorded in the IR (bf16 needs AVX-512 BF16/AMX; "
+                        "default f32)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
     p.add_argument("--data", default=None, help="extra real images for the parity check (a DATA spec)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON on stdout")
@@ -71,6 +74,8 @@ def _given_options(args: argparse.Namespace) -> set[str]:
         given.add("instance_count")
     if args.engine is not None:
         given.add("engine")
+    if args.precision is not None:
+        given.add("precision")
     if args.int8 or any(x is not None for x in (args.calib_data, args.calib_images, args.calib_method)):
         given.add("int8")
     return given
@@ -85,12 +90,17 @@ def _export(args: argparse.Namespace) -> int:
         raise UserError("--calib-data/--calib-images/--calib-method need --int8")
     if args.int8 and not args.calib_data:
         raise UserError("--int8 needs --calib-data DATA (calibration images from the training data)")
+    if args.format == "openvino":
+        from .openvino import ir_paths
+
+        ir_paths(args.out)  # a wrong --out suffix fails before the export
     from .onnx import DEFAULT_OPSET, export_onnx
     from .verify import ParityError
 
     out = Path(args.out)
     final_onnx = out if args.format == "onnx" else (out.with_suffix(".onnx") if args.format == "tensorrt"
-                                                    else out / "_staging" / "model.onnx")
+                                                    else out.with_name(out.stem + ".staging.onnx")
+                                                    if args.format == "openvino" else out / "_staging" / "model.onnx")
     onnx_out = final_onnx.with_name(final_onnx.stem + ".fp32.onnx") if args.int8 else final_onnx
     try:
         res = export_onnx(args.checkpoint, onnx_out, opset=args.opset or DEFAULT_OPSET,
@@ -107,6 +117,7 @@ def _export(args: argparse.Namespace) -> int:
     if res.parity is not None:
         print(res.parity.summary(), file=sys.stderr)
     payload: dict[str, Any] = res.to_dict()
+    fp32_path = res.path  # openvino: the reference of the IR's check, removed after it
     if args.int8:
         from .quant_check import AgreementError
         from .quantize import DEFAULT_CALIB_IMAGES, quantize_checked
@@ -121,7 +132,8 @@ def _export(args: argparse.Namespace) -> int:
                 print(json.dumps(exc.report.to_dict(), indent=2))
             return 1
         finally:
-            res.path.unlink(missing_ok=True)
+            if args.format != "openvino":
+                res.path.unlink(missing_ok=True)
         print(f"quantized {qres.path} to int8 ({qres.bytes / 1e6:.1f} MB, {qres.quantized_nodes} tensors, "
               f"{qres.calibration['images']} calibration images, {qres.seconds:.1f} s)", file=sys.stderr)
         if agreement is not None:
@@ -156,6 +168,26 @@ def _export(args: argparse.Namespace) -> int:
         shutil.rmtree(out / "_staging", ignore_errors=True)
         print(f"wrote Triton model repository {model_dir}", file=sys.stderr)
         payload["triton_model"] = str(model_dir)
+    elif args.format == "openvino":
+        from .openvino import describe, export_openvino
+        from .quant_check import AgreementError
+
+        try:
+            ov_res, report = export_openvino(fp32_path, out, source_onnx=res.path, precision=args.precision or "f32",
+                                             verify=args.verify, calib=args.calib_data)
+        except AgreementError as exc:
+            print(exc.report.summary(), file=sys.stderr)
+            if args.json:
+                print(json.dumps(exc.report.to_dict(), indent=2))
+            return 1
+        finally:
+            fp32_path.unlink(missing_ok=True)
+            res.path.unlink(missing_ok=True)
+        print(describe(ov_res), file=sys.stderr)
+        if report is not None:
+            print(report.summary(), file=sys.stderr)
+        payload["openvino"] = {**ov_res.to_dict(), "check": report.to_dict() if report else None}
+        payload["path"] = str(ov_res.xml)
     if args.json:
         print(json.dumps(payload, indent=2))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPTIONS = ("opset", "fp16", "simplify", "exporter", "sizes", "verify", "model_name", "engine", "int8",
-           "instance_kind", "instance_count")
+           "instance_kind", "instance_count", "precision")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("triton", "/", "Triton model repository (onnxruntime backend; tensorrt_plan with --engine)",
                  frozenset({"opset", "simplify", "exporter", "verify", "model_name", "engine", "int8",
                             "instance_kind", "instance_count"})),
+    ExportFormat("openvino", ".xml", "OpenVINO IR .xml + .bin (Intel CPUs; --precision f32|bf16, --int8)",
+                 frozenset({"opset", "simplify", "exporter", "verify", "int8", "precision"})),
 )}
 
 
