@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-images", type=int, default=32)
     p.add_argument("--methods", nargs="+", default=["percentile", "minmax"], help="calibration methods (first: timed)")
     p.add_argument("--test-data", default="synthetic:100")
-    p.add_argument("--sizes", nargs="+", type=int, default=[320, 640])
+    p.add_argument("--sizes", nargs="*", type=int, default=[320, 640], help="latency sizes (none: AP only)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--no-eager", dest="eager", action="store_false", help="time ONNX Runtime only (more rounds)")
     p.add_argument("--latency-only", action="store_true", help="skip the AP rows (e.g. for briefly trained models)")
