@@ -38,8 +38,8 @@ def run(ckpt: str, size: int, a: argparse.Namespace, tmp: Path) -> dict[str, Any
     from sfdeploy.serving.backends.openvino_backend import OpenVinoPredictor
     from sfdeploy.serving.backends.openvino_runtime import read_rt_info, write_rt_info
 
-    model, cfg, meta = _checkpoint_model(ckpt, size)
-    f32 = export_onnx(model, tmp / "f.onnx", config=cfg, meta=meta, exporter="torchscript", verify=False).path
+    model, cfg, _ = _checkpoint_model(ckpt, size)
+    f32 = export_onnx(model, tmp / "f.onnx", config=cfg, exporter="torchscript", verify=False).path
     calib = calibration_images(a.calib_data, a.calib_images, size=size)
     q8 = quantize_int8(f32, tmp / "q.onnx", calib).path
     x32, xq = convert_onnx(f32, tmp / "f.xml").xml, convert_onnx(q8, tmp / "q.xml").xml
