@@ -132,7 +132,8 @@ def run(ckpt: str, a: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             row[f"int8_{method}"] = {**_ap(q.path, a.test_data), "agreement": agree}
             if method == a.methods[0] and a.openvino:
                 for name, (xml, prec) in _openvino(fp32, q.path, tmp).items():
-                    agree = _agreement(check_agreement, fp32, xml, checks, run_quantized=_ov_runner(xml, prec), kind=name)
+                    agree = _agreement(check_agreement, fp32, xml, checks, run_quantized=_ov_runner(xml, prec),
+                                       kind=name)
                     row[name] = {**_ap(xml, a.test_data, precision=prec), "agreement": agree}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -104,7 +104,8 @@ def check_ir(fp32_onnx: str | Path, xml: str | Path, images: list[np.ndarray], *
 
 
 def export_openvino(fp32_onnx: str | Path, out: str | Path, *, source_onnx: str | Path | None = None,
-                    precision: str = "f32", verify: bool = True, calib: str | None = None) -> tuple[OpenVinoResult, Any]:
+                    precision: str = "f32", verify: bool = True,
+                    calib: str | None = None) -> tuple[OpenVinoResult, Any]:
     """Convert `source_onnx` (default: `fp32_onnx`; an int8 graph for --int8) to the IR at `out` and, with
     `verify`, hold it to `check_ir` against `fp32_onnx` at `precision`. Returns (result, AgreementReport or None);
     raises AgreementError when the check fails (the IR is left on disk for inspection). bf16 on a CPU without it:

@@ -51,7 +51,8 @@ class AgreementReport:
 
     def summary(self) -> str:
         head = (f"{self.kind} agreement {'PASSED' if self.passed else 'FAILED'}: "
-                f"{self.matched}/{self.reference_detections} top-{TOP_K} fp32 detections kept ({self.agreement:.3f}) on {self.images} images, score error max "
+                f"{self.matched}/{self.reference_detections} top-{TOP_K} fp32 detections kept ({self.agreement:.3f}) on "
+                f"{self.images} images, score error max "
                 f"{self.max_score_error:.3g} / mean {self.mean_score_error:.3g}, box error max "
                 f"{self.max_box_error_rel:.3g} x image side")
         return "\n".join([head] + [f"  {r}" for r in self.reasons])
