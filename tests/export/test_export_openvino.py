@@ -174,3 +174,29 @@ def test_bad_artefacts_are_one_line_errors(exported, irs, tmp_path):  # type: ig
     ov.save_model(ov.convert_model(str(exported["retinanet"].path)), str(plain))
     with pytest.raises(UserError, match="no 'sfdeploy.config' metadata"):
         load(plain)
+
+
+def test_http_service_serves_the_ir(exported, irs):  # type: ignore[no-untyped-def]
+    """/v1/models shows the openvino backend and its precision; /v1/detect answers as for the ONNX model."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from sfdeploy.serving import load
+    from sfdeploy.serving.server import create_app
+
+    img = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    client = TestClient(create_app({"ov": load(irs["retinanet"].xml),
+                                    "ort": load(exported["retinanet"].path, backend="onnxruntime")}))
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert models["ov"]["backend"] == "openvino" and models["ov"]["precision"] == "f32"
+    assert models["ort"]["precision"] is None
+    got = {name: client.post("/v1/detect", params={"model": name},
+                             files={"image": ("a.png", buf.getvalue(), "image/png")}) for name in ("ov", "ort")}
+    assert all(r.status_code == 200 for r in got.values()), {k: r.text for k, r in got.items()}
+    a, b = (got[n].json()["detections"] for n in ("ov", "ort"))
+    assert len(a) == len(b) > 0 and [d["label"] for d in a] == [d["label"] for d in b]
+    np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=PARITY["score"])
