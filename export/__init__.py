@@ -1,4 +1,4 @@
-"""Export stage: checkpoints -> ONNX (verified parity), TensorRT engines, Triton model repositories.
+"""Export stage: checkpoints -> ONNX (verified parity), TensorRT engines, Triton model repositories, OpenVINO IR.
 
 Light to import: torch / onnx load only when a function runs.
 """
@@ -11,7 +11,7 @@ if __name__ != "sfdeploy.export":  # one module, one import name (pyproject [too
 from typing import Any
 
 __all__ = ["export_onnx", "verify_onnx", "verify_artefact", "check_trt_ops", "build_engine",
-           "write_triton_repository"]
+           "write_triton_repository", "export_openvino"]
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +31,8 @@ def __getattr__(name: str) -> Any:
         from .triton import write_triton_repository
 
         return write_triton_repository
+    if name == "export_openvino":
+        from .openvino import export_openvino
+
+        return export_openvino
     raise AttributeError(name)

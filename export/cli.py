@@ -14,11 +14,11 @@ from .formats import FORMATS, check_options, formats_help
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("export", help="export a checkpoint to ONNX / TensorRT / a Triton repository",
+    p = subparsers.add_parser("export", help="export a checkpoint to ONNX / TensorRT / a Triton repository / OpenVINO",
                               description=f"Formats: {formats_help()}.")
     p.add_argument("checkpoint", help="sfdeploy checkpoint (.pt)")
     p.add_argument("--format", default="onnx", choices=list(FORMATS), help="artefact format (default onnx)")
-    p.add_argument("--out", required=True, help="output file (.onnx / .engine) or folder (triton)")
+    p.add_argument("--out", required=True, help="output file (.onnx / .engine / openvino .xml) or folder (triton)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; dynamo uses >= 18)")
     p.add_argument("--exporter", default=None, choices=["auto", "torchscript", "dynamo"],
                    help="torch ONNX exporter; auto = torchscript, falling back to dynamo (default auto)")
@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
                    help="triton, --batch dynamic: max_batch_size of config.pbtxt (default 8)")
     p.add_argument("--max-queue-delay-us", type=int, default=None,
                    help="triton, --batch dynamic: dynamic_batching max_queue_delay_microseconds (default 100)")
+    p.add_argument("--precision", default=None, choices=["f32", "bf16"],
+                   help="openvino: default inference precision recorded in the IR (bf16 needs AVX-512 BF16/AMX; "
+                        "default f32)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
     p.add_argument("--data", default=None, help="extra real images for the parity check (a DATA spec)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON on stdout")
@@ -80,6 +83,8 @@ def _given_options(args: argparse.Namespace) -> set[str]:
         given.add("instance_count")
     if args.engine is not None:
         given.add("engine")
+    if args.precision is not None:
+        given.add("precision")
     if args.int8 or any(x is not None for x in (args.calib_data, args.calib_images, args.calib_method)):
         given.add("int8")
     if args.batch is not None:
@@ -106,15 +111,20 @@ def _check_args(args: argparse.Namespace) -> None:
     if (args.max_batch_size is not None or args.max_queue_delay_us is not None) and args.batch != "dynamic":
         raise UserError("--max-batch-size/--max-queue-delay-us need --batch dynamic (a batch-1 graph has no "
                         "batch dimension for Triton to fill)")
+    if args.format == "openvino":
+        from .openvino import ir_paths
+
+        ir_paths(args.out)  # a wrong --out suffix fails before the export
 
 
 def _export(args: argparse.Namespace) -> int:
-    """Triton: the graph is built and checked in a `temp_dir` next to the repository, never inside it (Triton polls
+    """Triton (and OpenVINO, whose IR is converted from an intermediate ONNX graph): the graph is built and checked
+    in a `temp_dir` next to the repository, never inside it (Triton polls
     the repository and would load a half-built or failed model), and copied in only when every check passed.
     --int8: the intermediate fp32 graph is staged the same way, so a killed export leaves nothing visible (a file
     named like the user's own `<stem>.fp32.onnx` is never touched) and the next export's cleanup removes the folder."""
     _check_args(args)
-    if args.format != "triton" and not args.int8:
+    if args.format not in ("triton", "openvino") and not args.int8:
         return _export_to(args, None)
     from sfdeploy.io import remove_stale_temp_files, temp_dir
 
@@ -174,6 +184,7 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
     if res.parity is not None:
         print(res.parity.summary(), file=sys.stderr)
     payload: dict[str, Any] = res.to_dict()
+    fp32_path = res.path  # openvino: the reference of the IR's check, removed after it
     if args.int8:
         from .quant_check import AgreementError
         from .quantize import DEFAULT_CALIB_IMAGES, quantize_checked
@@ -183,7 +194,7 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
                                                calib_images=args.calib_images or DEFAULT_CALIB_IMAGES,
                                                method=args.calib_method or "auto", verify=args.verify)
         except AgreementError as exc:
-            if args.format == "triton":
+            if args.format in ("triton", "openvino"):  # staged: keep the failed graph beside --out
                 exc.report.quantized = str(_keep_failed_graph(Path(exc.report.quantized), out))
             print(exc.report.summary(), file=sys.stderr)
             print(f"{out} was left as it was; the failed int8 graph is kept at {exc.report.quantized} for "
@@ -194,7 +205,8 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
                 print(json.dumps(exc.report.to_dict(), indent=2))
             return 1
         finally:
-            res.path.unlink(missing_ok=True)
+            if args.format != "openvino":
+                res.path.unlink(missing_ok=True)
         print(f"quantized {qres.path} to int8 ({qres.bytes / 1e6:.1f} MB, {qres.quantized_nodes} tensors, "
               f"{qres.calibration['images']} calibration images, {qres.seconds:.1f} s)", file=sys.stderr)
         if agreement is not None:
@@ -228,6 +240,26 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
         _remove_old_staging(out)
         print(f"wrote Triton model repository {model_dir}", file=sys.stderr)
         payload["triton_model"] = str(model_dir)
+    elif args.format == "openvino":
+        from .openvino import describe, export_openvino
+        from .quant_check import AgreementError
+
+        try:
+            ov_res, report = export_openvino(fp32_path, out, source_onnx=res.path, precision=args.precision or "f32",
+                                             verify=args.verify, calib=args.calib_data)
+        except AgreementError as exc:
+            print(exc.report.summary(), file=sys.stderr)
+            if args.json:
+                print(json.dumps(exc.report.to_dict(), indent=2))
+            return 1
+        finally:
+            fp32_path.unlink(missing_ok=True)
+            res.path.unlink(missing_ok=True)
+        print(describe(ov_res), file=sys.stderr)
+        if report is not None:
+            print(report.summary(), file=sys.stderr)
+        payload["openvino"] = {**ov_res.to_dict(), "check": report.to_dict() if report else None}
+        payload["path"] = str(ov_res.xml)
     if args.json:
         print(json.dumps(payload, indent=2))
     return 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 OPTIONS = ("opset", "fp16", "simplify", "exporter", "sizes", "verify", "model_name", "engine", "int8",
            "instance_kind", "instance_count", "batch", "max_batch_size",
-           "max_queue_delay_us")
+           "max_queue_delay_us", "precision")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  frozenset({"opset", "simplify", "exporter", "verify", "model_name", "engine", "int8",
                             "instance_kind", "instance_count", "batch", "max_batch_size",
                             "max_queue_delay_us"})),
+    ExportFormat("openvino", ".xml", "OpenVINO IR .xml + .bin (Intel CPUs; --precision f32|bf16, --int8)",
+                 frozenset({"opset", "simplify", "exporter", "verify", "int8", "precision"})),
 )}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .verify import _iou  # the parity check's IoU: one implementation
 
 INT8_TOLERANCES = {"agreement": 0.9, "score": 0.1, "box_rel": 0.03}
 TOP_K = 10
+SAME_BOX_PX = 0.01  # corners this close: the same box
 
 
 @dataclass
@@ -35,6 +36,7 @@ class AgreementReport:
     mean_score_error: float
     max_box_error_rel: float
     reasons: list[str] = field(default_factory=list)
+    kind: str = "int8"  # what is compared with fp32 (e.g. "openvino bf16"), for the summary line
 
     @property
     def agreement(self) -> float:
@@ -48,9 +50,10 @@ class AgreementReport:
         return {**asdict(self), "agreement": round(self.agreement, 4), "passed": self.passed}
 
     def summary(self) -> str:
-        head = (f"int8 agreement {'PASSED' if self.passed else 'FAILED'} for {self.quantized}: {self.matched}/"
-                f"{self.reference_detections} top-{TOP_K} fp32 detections kept ({self.agreement:.3f}) on "
-                f"{self.images} images, score error max {self.max_score_error:.3g} / mean {self.mean_score_error:.3g}, box error max "
+        head = (f"{self.kind} agreement {'PASSED' if self.passed else 'FAILED'} for {self.quantized}: "
+                f"{self.matched}/{self.reference_detections} top-{TOP_K} fp32 detections kept ({self.agreement:.3f}) on "
+                f"{self.images} images, score error max "
+                f"{self.max_score_error:.3g} / mean {self.mean_score_error:.3g}, box error max "
                 f"{self.max_box_error_rel:.3g} x image side")
         return "\n".join([head] + [f"  {r}" for r in self.reasons])
 
@@ -68,8 +71,10 @@ def match_top(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], top_k: int
     """Greedy pairs (ref index, got index or None) for ref's top_k detections: same label, highest IoU >= 0.5."""
     order = np.argsort(-ref["scores"], kind="stable")[:top_k]
     used = np.zeros(len(got["scores"]), dtype=bool)
-    ious = _iou(ref["boxes"][order].astype(np.float64), got["boxes"].astype(np.float64)) if len(got["scores"]) \
-        else np.zeros((len(order), 0))
+    a, b = ref["boxes"][order].astype(np.float64), got["boxes"].astype(np.float64)
+    ious = _iou(a, b) if len(got["scores"]) else np.zeros((len(order), 0))
+    if len(got["scores"]):  # the same box found again counts as IoU 1 even when it is degenerate (zero area, IoU 0)
+        ious = np.where(np.abs(a[:, None, :] - b[None, :, :]).max(2) <= SAME_BOX_PX, 1.0, ious)
     pairs: list[tuple[int, int | None]] = []
     for row, i in enumerate(order):
         ok = (~used) & (got["labels"] == ref["labels"][i]) & (ious[row] >= 0.5)
@@ -83,19 +88,29 @@ def match_top(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], top_k: int
 
 
 def check_agreement(fp32_path: str | Path, quantized_path: str | Path, images: list[np.ndarray], *,
-                    tolerances: dict[str, float] | None = None, top_k: int = TOP_K) -> AgreementReport:
-    """Run both graphs on `images` (float32 [1,3,H,W]) and compare; does not raise."""
+                    tolerances: dict[str, float] | None = None, top_k: int = TOP_K,
+                    run_quantized: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+                    kind: str = "int8") -> AgreementReport:
+    """Run both graphs on `images` (float32 [1,3,H,W]) and compare; does not raise. `run_quantized` runs the other
+    side in another runtime (e.g. OpenVINO: image -> {"boxes", "scores", "labels"}); default: ORT on
+    `quantized_path`."""
     from .verify import ort_session
 
     tol = dict(INT8_TOLERANCES, **(tolerances or {}))
-    ref_sess, q_sess = ort_session(fp32_path), ort_session(quantized_path)
+    ref_sess = ort_session(fp32_path)
     names = [o.name for o in ref_sess.get_outputs()]
+    if run_quantized is None:
+        q_sess = ort_session(quantized_path)
+
+        def run_quantized(img: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, q_sess.run(names, {"images": img})))
+
     total = matched = 0
     score_errs: list[float] = []
     box_errs: list[float] = []
     for img in images:
         ref = dict(zip(names, ref_sess.run(names, {"images": img})))
-        got = dict(zip(names, q_sess.run(names, {"images": img})))
+        got = run_quantized(img)
         side = float(max(img.shape[2:]))
         for i, j in match_top(ref, got, top_k):
             total += 1
@@ -108,7 +123,7 @@ def check_agreement(fp32_path: str | Path, quantized_path: str | Path, images: l
                              reference_detections=total, matched=matched,
                              max_score_error=max(score_errs, default=0.0),
                              mean_score_error=float(np.mean(score_errs)) if score_errs else 0.0,
-                             max_box_error_rel=max(box_errs, default=0.0))
+                             max_box_error_rel=max(box_errs, default=0.0), kind=kind)
     if total == 0:
         report.reasons.append("the fp32 graph detected nothing on the check images: agreement is not measurable")
     if report.agreement < tol["agreement"]:

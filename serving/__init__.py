@@ -1,7 +1,7 @@
-"""Serving: one inference API over PyTorch checkpoints, ONNX Runtime and TensorRT engines.
+"""Serving: one inference API over PyTorch checkpoints, ONNX Runtime, TensorRT engines and OpenVINO IR.
 
     from sfdeploy import serving
-    predictor = serving.load("model.onnx")            # or .pt/.pth checkpoint, .engine/.plan
+    predictor = serving.load("model.onnx")            # or .pt/.pth checkpoint, .engine/.plan, OpenVINO .xml
     detections = predictor.predict("image.jpg")       # -> serving.Detections
 
 Backends are imported only when an artefact of their kind is loaded (so `from sfdeploy import serving` is light).
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .predictor import Detections, Predictor
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "openvino")
+SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
+                  ".xml": "openvino"}
 # Which artefact kinds each backend can run.
-BACKEND_SUFFIXES = {"torch": (".pt", ".pth"), "onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan")}
+BACKEND_SUFFIXES = {"torch": (".pt", ".pth"), "onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan"),
+                    "openvino": (".xml",)}
 
 __all__ = ["BACKENDS", "Detections", "Predictor", "backend_for", "load"]
 
@@ -35,7 +37,8 @@ def backend_for(path: str | Path, backend: str = "auto") -> str:
         raise UserError(f"unknown backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
     if suffix not in SUFFIX_BACKEND:
         raise UserError(f"{path}: unknown artefact type {suffix or '(no suffix)'!r}; supported: "
-                        ".pt/.pth (torch checkpoint), .onnx (onnxruntime), .engine/.plan (tensorrt)")
+                        ".pt/.pth (torch checkpoint), .onnx (onnxruntime), .engine/.plan (tensorrt), "
+                        ".xml (openvino IR)")
     if backend == "auto":
         return SUFFIX_BACKEND[suffix]
     if suffix not in BACKEND_SUFFIXES[backend]:
@@ -46,10 +49,11 @@ def backend_for(path: str | Path, backend: str = "auto") -> str:
 
 
 def load(path: str | Path, backend: str = "auto", device: str | None = None, **kwargs: Any) -> "Predictor":
-    """Open a checkpoint (.pt/.pth), an ONNX file or a TensorRT engine as a Predictor.
+    """Open a checkpoint (.pt/.pth), an ONNX file, a TensorRT engine or an OpenVINO IR (.xml) as a Predictor.
 
     device: torch "cpu" (default) / "cuda[:k]"; ONNX Runtime: None = best provider (TensorRT > CUDA > CPU),
-    "cpu" = CPU only; `providers=[...]` overrides. kwargs: max_side, max_pixels (and providers/threads for ORT).
+    "cpu" = CPU only; `providers=[...]` overrides; OpenVINO: CPU only. kwargs: max_side, max_pixels (and
+    providers/threads for ORT; precision "f32" | "bf16" and threads for OpenVINO).
     """
     name = backend_for(path, backend)
     if not Path(path).exists():
@@ -62,6 +66,10 @@ def load(path: str | Path, backend: str = "auto", device: str | None = None, **k
         from .backends.onnxruntime_backend import OnnxRuntimePredictor
 
         return OnnxRuntimePredictor(path, device=device, **kwargs)
+    if name == "openvino":
+        from .backends.openvino_backend import OpenVinoPredictor
+
+        return OpenVinoPredictor(path, device=device, **kwargs)
     from .backends.tensorrt_backend import TensorRTPredictor
 
     return TensorRTPredictor(path, device=device, **kwargs)

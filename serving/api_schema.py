@@ -65,6 +65,7 @@ class ModelInfo(BaseModel):
     step: int | None = None
     exporter: str | None = None
     version: str | None = None
+    precision: str | None = Field(None, description="openvino backend: f32 | bf16 | int8")
 
 
 class ModelsResponse(BaseModel):

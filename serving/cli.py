@@ -11,7 +11,7 @@ from typing import Any
 
 EXIT_SKIPPED = 3
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 
 
 def _int_list(text: str) -> list[int]:
@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("predict", help="detect objects in image files, folders or globs",
                               description="Run a checkpoint/.onnx/.engine on images; COCO-results JSON and/or "
                                           "rendered images out. Bad files are reported and skipped (exit code 3).")
-    p.add_argument("artefact", metavar="ARTEFACT", help="checkpoint (.pt/.pth), .onnx or TensorRT .engine/.plan")
+    p.add_argument("artefact", metavar="ARTEFACT", help="checkpoint (.pt/.pth), .onnx, TensorRT .engine/.plan or OpenVINO .xml")
     p.add_argument("inputs", metavar="INPUTS", nargs="+", help="image files, folders (their images) or globs")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write COCO results JSON to OUT ('-' = stdout)")
     p.add_argument("--render", metavar="DIR", help="write images with boxes, labels and masks into DIR")

@@ -23,6 +23,10 @@ KEY_NMS = "sfdeploy.nms"
 KEY_INPUT = "sfdeploy.input"
 KEY_OUTPUTS = "sfdeploy.outputs"
 KEY_TENSORRT = "sfdeploy.tensorrt"
+KEY_PRECISION = "sfdeploy.precision"  # "int8" on quantized graphs; absent = fp32
+KEY_OPENVINO = "sfdeploy.openvino"
+# OpenVINO IR: the contract dict is stored key by key in the model's rt_info under this node (saved in the .xml)
+OPENVINO_RT_INFO = "sfdeploy_metadata"
 INPUT_NAME = "images"
 
 
@@ -111,6 +115,14 @@ def tensorrt_sidecar(onnx_props: dict[str, str], tensorrt: dict[str, Any]) -> di
     return props
 
 
+def openvino_metadata(onnx_props: dict[str, str], openvino: dict[str, Any]) -> dict[str, str]:
+    """The OpenVINO IR's rt_info: the ONNX graph's metadata plus `sfdeploy.openvino` (version, default inference
+    precision, the source graph's precision)."""
+    props = dict(onnx_props)
+    props[KEY_OPENVINO] = json.dumps(openvino)
+    return props
+
+
 def triton_parameters(onnx_props: dict[str, str]) -> dict[str, str]:
     """The parameters of a Triton model config: the artefact's whole contract metadata (unknown keys dropped)."""
     return {k: v for k, v in onnx_props.items() if k.startswith("sfdeploy.") or k in _PLAIN_KEYS}
@@ -153,7 +165,8 @@ def parse_metadata(props: dict[str, Any]) -> dict[str, Any]:
 
     Returns {"config": dict, "meta": dict, "version", "exporter", "input": dict (batch 1 | "dynamic"),
     "outputs": list of dicts (old artefacts: {"name": ...} only), "output_names": list, "class_names": list,
-    "category_ids", "detector", "method", "score_thresh": float | None, "tensorrt": dict | None, "raw": props}.
+    "category_ids", "detector", "method", "score_thresh": float | None, "tensorrt": dict | None, "openvino": dict |
+    None, "raw": props}.
     """
     spec = _json(props, KEY_INPUT, {}) or {}
     spec = dict(spec) if isinstance(spec, dict) else {}
@@ -175,6 +188,7 @@ def parse_metadata(props: dict[str, Any]) -> dict[str, Any]:
         "method": props.get("method"),
         "score_thresh": None if score is not None and math.isnan(score) else score,
         "tensorrt": _json(props, KEY_TENSORRT, None),
+        "openvino": _json(props, KEY_OPENVINO, None),
         "raw": dict(props),
     }
 

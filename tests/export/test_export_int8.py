@@ -183,3 +183,17 @@ def test_cli_int8_failing_agreement_keeps_the_old_file(checkpoints, tmp_path, ca
     assert run_cli(base + ["--format", "triton", "--out", str(repo)]) == 1
     assert not repo.exists() and read_metadata(tmp_path / "repo.parity-failed")["sfdeploy.precision"] == "int8"
     assert str(tmp_path / "repo.parity-failed") in capsys.readouterr().err
+
+
+def test_agreement_matches_a_degenerate_box_found_again():  # type: ignore[no-untyped-def]
+    """Zero-area boxes (IoU 0 with anything, themselves included) that another runtime returns unchanged are the
+    same detection; a box elsewhere with the same label is not."""
+    from sfdeploy.export.quant_check import match_top
+
+    ref = {"boxes": np.array([[0, 11.3, 0, 19.06], [5, 5, 20, 20]], np.float32),
+           "scores": np.array([0.5, 0.4], np.float32), "labels": np.array([3, 1])}
+    got = {"boxes": np.array([[5, 5, 20, 20.001], [0, 11.300001, 0, 19.06]], np.float32),
+           "scores": np.array([0.4, 0.5], np.float32), "labels": np.array([1, 3])}
+    assert match_top(ref, got) == [(0, 1), (1, 0)]
+    moved = {**got, "boxes": np.array([[5, 5, 20, 20], [0, 30, 0, 40]], np.float32)}
+    assert match_top(ref, moved) == [(0, None), (1, 0)]

@@ -57,6 +57,8 @@ def test_load_dispatch_and_errors(artefacts, tmp_path):
     with pytest.raises(UserError, match="unknown artefact type"):
         serving.load(tmp_path / "model.bin")
     with pytest.raises(UserError, match="unknown backend"):
+        serving.load(onnx_path, backend="tflite")
+    with pytest.raises(UserError, match="runs .xml files"):  # openvino is a backend now, for IRs only
         serving.load(onnx_path, backend="openvino")
     with pytest.raises(UserError, match="cannot run"):
         serving.load(ckpt, backend="onnxruntime")
