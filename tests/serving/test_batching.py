@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -174,3 +175,56 @@ def test_letterbox_fits_any_image(h, w, side):  # type: ignore[no-untyped-def]
     assert p.tensor[0, :, :ih, :iw].min() == 1.0 and p.tensor[0, :, ih:, :].max(initial=0) == 0
     sx, sy = p.scale_xy
     assert abs(iw * sx - w) < 1e-6 * w + 1e-9 and abs(ih * sy - h) < 1e-6 * h + 1e-9
+
+
+class _SlowFake:
+    """A batched predictor stand-in: each inference waits until `gate` is set, answers each tensor's value."""
+
+    batched = True
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.batches: list[list[float]] = []
+
+    def infer_batch(self, tensors, max_batch=8):  # type: ignore[no-untyped-def]
+        self.gate.wait(10)
+        self.batches.append([float(t.flat[0]) for t in tensors])
+        return [{"v": float(t.flat[0])} for t in tensors]
+
+
+def test_cancelled_request_is_skipped_and_the_worker_keeps_serving():  # type: ignore[no-untyped-def]
+    """A request cancelled while queued (client gone, timeout) must not kill the model's worker: the others in its
+    batch and every later request still get their answer."""
+    from sfdeploy.serving.batcher import Batcher
+
+    fake = _SlowFake()
+    b = Batcher(fake, window_ms=50, max_batch=8)
+    try:
+        first = b.submit(np.full((1, 3, 4, 4), 0.0, np.float32))  # the worker blocks on it: the rest queue
+        time.sleep(0.2)
+        gone, kept = (b.submit(np.full((1, 3, 4, 4), v, np.float32)) for v in (1.0, 2.0))
+        assert gone.cancel()
+        fake.gate.set()
+        assert first.result(timeout=10) == {"v": 0.0}
+        assert kept.result(timeout=10) == {"v": 2.0}
+        assert b.submit(np.full((1, 3, 4, 4), 3.0, np.float32)).result(timeout=10) == {"v": 3.0}
+        assert [1.0] not in fake.batches and all(1.0 not in batch for batch in fake.batches)  # never run
+    finally:
+        b.close()
+
+
+def test_failing_on_batch_callback_does_not_stop_the_worker():  # type: ignore[no-untyped-def]
+    from sfdeploy.serving.batcher import Batcher
+
+    fake = _SlowFake()
+    fake.gate.set()
+
+    def broken(images: int, seconds: float) -> None:
+        raise ValueError("metrics bug")
+
+    b = Batcher(fake, window_ms=1, max_batch=4, on_batch=broken)
+    try:
+        for v in (1.0, 2.0):
+            assert b.submit(np.full((1, 3, 4, 4), v, np.float32)).result(timeout=10) == {"v": v}
+    finally:
+        b.close()
