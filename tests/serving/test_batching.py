@@ -228,3 +228,29 @@ def test_failing_on_batch_callback_does_not_stop_the_worker():  # type: ignore[n
             assert b.submit(np.full((1, 3, 4, 4), v, np.float32)).result(timeout=10) == {"v": v}
     finally:
         b.close()
+
+
+def test_inference_histogram_of_batched_requests_leaves_out_the_queue_wait(batched_onnx):  # type: ignore[no-untyped-def]
+    """sfdeploy_inference_duration_seconds is the predictor call: a batched request that waited out a long batch
+    window (and behind the worker) observes its batch's inference time, the request histogram the whole wait."""
+    predictor = serving.load(batched_onnx)
+    infer = predictor.infer_batch
+    inferred: list[float] = []
+
+    def timed(tensors, max_batch=8):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return infer(tensors, max_batch)
+        finally:
+            inferred.extend([time.perf_counter() - t0] * len(tensors))
+
+    predictor.infer_batch = timed
+    app = create_app({"b": predictor}, batch_window_ms=1000, max_batch=8)
+    bodies = _images()[:3]
+    assert all(r.status_code == 200 for r in asyncio.run(_post_all(app, bodies)))
+    reg = app.state.metrics.registry
+    assert reg.get_sample_value("sfdeploy_inference_duration_seconds_count", {"model": "b"}) == len(bodies)
+    observed = reg.get_sample_value("sfdeploy_inference_duration_seconds_sum", {"model": "b"})
+    assert observed == pytest.approx(sum(inferred), rel=0.05, abs=0.01)  # the inference, not the 1 s window
+    assert reg.get_sample_value("sfdeploy_request_duration_seconds_sum",
+                                {"route": "/v1/detect", "model": "b"}) >= 1.0  # the first one waited the window
