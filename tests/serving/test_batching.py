@@ -230,7 +230,7 @@ def test_failing_on_batch_callback_does_not_stop_the_worker():  # type: ignore[n
         b.close()
 
 
-def test_inference_histogram_of_batched_requests_leaves_out_the_queue_wait(batched_onnx):  # type: ignore[no-untyped-def]
+def test_inference_histogram_leaves_out_the_batch_queue_wait(batched_onnx):  # type: ignore[no-untyped-def]
     """sfdeploy_inference_duration_seconds is the predictor call: a batched request that waited out a long batch
     window (and behind the worker) observes its batch's inference time, the request histogram the whole wait."""
     predictor = serving.load(batched_onnx)
