@@ -254,3 +254,29 @@ def test_inference_histogram_leaves_out_the_batch_queue_wait(batched_onnx):  # t
     assert observed == pytest.approx(sum(inferred), rel=0.05, abs=0.01)  # the inference, not the 1 s window
     assert reg.get_sample_value("sfdeploy_request_duration_seconds_sum",
                                 {"route": "/v1/detect", "model": "b"}) >= 1.0  # the first one waited the window
+
+
+def test_request_cancelled_in_the_batch_window_does_not_hang_the_model(batched_onnx):  # type: ignore[no-untyped-def]
+    """The review's reproduction over HTTP: a client gives up while its image waits in the batch window; the next
+    request to that model must still be answered (the old worker died and every later request hung)."""
+    predictor = serving.load(batched_onnx)
+    app = create_app({"b": predictor}, batch_window_ms=1000, max_batch=8)
+    batcher = app.state.batchers["b"]
+    submitted: list[object] = []
+    submit = batcher.submit
+    batcher.submit = lambda tensor: submitted.append(tensor) or submit(tensor)
+    body = _images()[0]
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            post = lambda: client.post("/v1/detect", files={"image": ("a.png", body, "image/png")})  # noqa: E731
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(post(), 0.5)  # cancelled inside the 1 s window
+            assert len(submitted) == 1  # it did reach the batcher
+            await asyncio.sleep(1.0)  # the window closes: the worker meets the cancelled request
+            return await asyncio.wait_for(post(), 20)
+
+    try:
+        assert asyncio.run(scenario()).status_code == 200
+    finally:
+        batcher.close()
