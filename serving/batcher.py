@@ -6,6 +6,8 @@ fewer separate calls. A worker thread per model takes the first waiting image, w
 (at most `max_batch`), runs them with `Predictor.infer_batch` and hands each request its own raw output. A batch
 that fails is rerun image by image, so one image's error is only that image's. Only batched graphs use this
 (`Predictor.batched`); the queue is bounded by the server (`max_queue` requests per model, then 503).
+A request cancelled while it waits (client gone, timeout) is skipped, and no error in delivering one answer can
+stop the worker: a dead worker would leave every later request of that model waiting forever.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Batcher:
     def submit(self, tensor: np.ndarray) -> Future:
         """Queue one prepared [1,3,h,w] tensor; the future gets its raw output dict (or the exception)."""
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # first use, or a worker that died
                 self._thread = threading.Thread(target=self._loop, name="sfdeploy-batcher", daemon=True)
                 self._thread.start()
         item = _Item(tensor)
@@ -82,7 +84,15 @@ class Batcher:
                     stop = True
                     break
                 items.append(nxt)
-            self._run(items)
+            # a future cancelled while it waited has nobody to answer: don't run it (set_result would raise)
+            live = [i for i in items if i.future.set_running_or_notify_cancel()]
+            if live:
+                try:
+                    self._run(live)
+                except Exception:  # noqa: BLE001 - last resort: the worker keeps serving the queue
+                    log.exception("request batcher: delivering a batch of %d failed", len(live))
+                    for item in live:
+                        _deliver(item, exc=RuntimeError("batch delivery failed"))
             if stop:
                 return
 
@@ -92,14 +102,27 @@ class Batcher:
             raws = self.predictor.infer_batch([i.tensor for i in items], self.max_batch)
         except Exception as exc:  # noqa: BLE001 - find the image that fails; the others still get their answer
             if len(items) == 1:
-                items[0].future.set_exception(exc)
+                _deliver(items[0], exc=exc)
                 return
             log.warning("a batch of %d images failed (%s); rerunning them one by one", len(items),
                         type(exc).__name__)
             for item in items:
                 self._run([item])
             return
-        if self.on_batch is not None:
-            self.on_batch(len(items), time.perf_counter() - t0)
+        if self.on_batch is not None:  # before the answers: a client that got its answer sees the metrics
+            try:
+                self.on_batch(len(items), time.perf_counter() - t0)
+            except Exception:  # noqa: BLE001 - a metrics bug must not cost the clients their answers
+                log.exception("request batcher: on_batch callback failed")
         for item, raw in zip(items, raws):
-            item.future.set_result(raw)
+            _deliver(item, raw)
+
+
+def _deliver(item: _Item, raw: Any = None, exc: BaseException | None = None) -> None:
+    """Answer one request unless it already has its answer (then there is nobody left to tell)."""
+    if item.future.done():
+        return
+    if exc is not None:
+        item.future.set_exception(exc)
+    else:
+        item.future.set_result(raw)

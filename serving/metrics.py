@@ -3,7 +3,8 @@
 `install(app, models, default_model)` adds:
 - `GET /metrics`: `sfdeploy_requests_total{route,method,status}`, `sfdeploy_request_errors_total{route,status}`
   (status >= 400), `sfdeploy_request_duration_seconds{route,model}` (histogram; model only on /v1/detect),
-  `sfdeploy_inference_duration_seconds{model}` (histogram of the predictor call alone, fed by `observe_inference`),
+  `sfdeploy_inference_duration_seconds{model}` (histogram of the predictor call alone, fed by `observe_inference`;
+  a batched request observes its batch's inference, never its wait in the batcher's queue or window),
   `sfdeploy_queue_depth{model}` (detect requests of that model waiting or running), `sfdeploy_models_loaded`,
   `sfdeploy_batch_size{model}` (histogram of images per inference of request batching, serving/batcher.py).
 - `GET /readyz`: 200 while every model is loaded (create_app only receives loaded, warmed predictors), 503 once
@@ -55,8 +56,14 @@ class ServiceMetrics:
     def observe_inference(self, model: str, seconds: float) -> None:
         self.inference.labels(model=model if model in self.models else "unknown").observe(seconds)
 
-    def observe_batch(self, model: str, images: int) -> None:
-        self.batch.labels(model=model if model in self.models else "unknown").observe(images)
+    def observe_batch(self, model: str, images: int, seconds: float) -> None:
+        """One batched inference of `images` requests that took `seconds`: each request's inference time is the
+        batch's (the time it waited for the batch to fill or for the worker is queueing, not inference)."""
+        label = model if model in self.models else "unknown"
+        self.batch.labels(model=label).observe(images)
+        inference = self.inference.labels(model=label)
+        for _ in range(images):
+            inference.observe(seconds)
 
     def model_of(self, scope: dict[str, Any]) -> str:
         if scope["path"] != DETECT_ROUTE:

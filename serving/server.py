@@ -90,7 +90,7 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
         return limiters[name]
 
     batchers = {name: Batcher(p, window_ms=batch_window_ms, max_batch=max_batch,
-                              on_batch=lambda n, _s, name=name: app.state.metrics.observe_batch(name, n))
+                              on_batch=lambda n, s, name=name: app.state.metrics.observe_batch(name, n, s))
                 for name, p in models.items() if p.batched and max_batch > 1}
     pending = dict.fromkeys(models, 0)  # detect requests per model past body reading (event-loop only)
     app.state.batchers = batchers
@@ -195,12 +195,10 @@ def create_app(models: dict[str, Predictor], max_bytes: int = DEFAULT_MAX_BYTES,
             return image, predictor.prepare_image(image)
 
         image, prepared = await anyio.to_thread.run_sync(prepare)
-        t_infer = time.perf_counter()
-        try:
+        try:  # the inference histogram is fed by the batcher's on_batch (inference alone, not the queue wait)
             raw = await asyncio.wrap_future(batchers[name].submit(prepared.tensor))
         except Exception as exc:
             raise inference_failed(name, image, exc) from None
-        app.state.metrics.observe_inference(name, time.perf_counter() - t_infer)
 
         def finish() -> dict[str, Any]:
             try:

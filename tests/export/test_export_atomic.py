@@ -118,6 +118,8 @@ def test_triton_repository_rewrite_failing_mid_copy_keeps_the_served_model(tiny_
         et.write_triton_repository(graph, tmp_path / "repo", model_name="m")
     assert served.read_bytes() == before
     assert sorted(p.name for p in served.parent.iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt"]  # no half-written version 2
+    assert "versions: [ 1 ]" in (model_dir / "config.pbtxt").read_text()  # still serves version 1
 
 
 def test_sigterm_during_export_leaves_no_temp_file(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -125,3 +125,76 @@ def test_cli_triton_int8(checkpoints, tmp_path):  # type: ignore[no-untyped-def]
     cfg = parse_config(model_dir / "config.pbtxt")
     assert cfg.parameters["sfdeploy.precision"].string_value == "int8"
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx"] and not (repo / "_staging").exists()
+
+
+def _identity_graph(path: Path, batch: int | str) -> Path:
+    """A tiny graph whose sfdeploy metadata says batch 1 or "dynamic" (what Triton's config must match)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["batch" if batch == "dynamic" else 1, 3, "h", "w"]
+    g = helper.make_graph([helper.make_node("Identity", ["images"], ["scores"])], "g",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, shape)])
+    model = helper.make_model(g)
+    model.metadata_props.add(key="sfdeploy.input", value=json.dumps({"batch": batch}))
+    onnx.save(model, str(path))
+    return path
+
+
+def _check_what_triton_would_load(model_dir: Path) -> None:
+    """The version(s) Triton's poll would load now, each with a graph that fits the config (batch dimension)."""
+    from sfdeploy.export.onnx import read_metadata
+
+    if not (model_dir / "config.pbtxt").is_file():
+        return
+    cfg = parse_config(model_dir / "config.pbtxt")
+    folders = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    served = list(cfg.version_policy.specific.versions) if cfg.version_policy.HasField("specific") \
+        else folders[-1:]  # Triton's default policy: the highest version
+    for v in served:
+        graph = model_dir / str(v) / "model.onnx"
+        assert graph.is_file(), f"config serves version {v}, which has no model"
+        batch = json.loads(read_metadata(graph)["sfdeploy.input"])["batch"]
+        assert (batch == "dynamic") == (cfg.max_batch_size > 0), f"version {v} ({batch}) with {cfg.max_batch_size=}"
+
+
+@pytest.mark.parametrize("old_config", ["pinned", "unpinned"])
+def test_triton_rewrite_keeps_graph_and_config_paired(
+        tmp_path, monkeypatch, old_config):  # type: ignore[no-untyped-def]
+    """A polling Triton sees the repository after every file operation of a re-export from batch 1 to dynamic and
+    back: every state it could load pairs each graph with its own config (max_batch_size 0 for batch 1)."""
+    import os
+    import shutil
+
+    from sfdeploy.export.triton import write_triton_repository
+
+    one, dyn = _identity_graph(tmp_path / "one.onnx", 1), _identity_graph(tmp_path / "dyn.onnx", "dynamic")
+    repo = tmp_path / "repo"
+    model_dir = write_triton_repository(one, repo, model_name="m")
+    if old_config == "unpinned":  # a repository written before configs pinned their version
+        text = parse_config(model_dir / "config.pbtxt")
+        text.ClearField("version_policy")
+        (model_dir / "config.pbtxt").write_text(text_format.MessageToString(text))
+    states = 0
+
+    def polled(fn):  # type: ignore[no-untyped-def]
+        def call(*a, **k):  # type: ignore[no-untyped-def]
+            nonlocal states
+            result = fn(*a, **k)
+            _check_what_triton_would_load(model_dir)
+            states += 1
+            return result
+        return call
+
+    for name in ("replace", "rename", "mkdir"):
+        monkeypatch.setattr(os, name, polled(getattr(os, name)))
+    monkeypatch.setattr(shutil, "rmtree", polled(shutil.rmtree))
+    for graph, max_batch in ((dyn, 4), (one, 0)):
+        write_triton_repository(graph, repo, model_name="m")
+        cfg = parse_config(model_dir / "config.pbtxt")
+        assert cfg.max_batch_size == (8 if max_batch else 0)
+        served = list(cfg.version_policy.specific.versions)
+        assert sorted(p.name for p in model_dir.iterdir()) == [str(served[0]), "config.pbtxt"]  # old versions gone
+        assert (model_dir / str(served[0]) / "model.onnx").read_bytes() == graph.read_bytes()
+    assert states >= 6

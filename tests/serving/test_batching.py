@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -174,3 +175,108 @@ def test_letterbox_fits_any_image(h, w, side):  # type: ignore[no-untyped-def]
     assert p.tensor[0, :, :ih, :iw].min() == 1.0 and p.tensor[0, :, ih:, :].max(initial=0) == 0
     sx, sy = p.scale_xy
     assert abs(iw * sx - w) < 1e-6 * w + 1e-9 and abs(ih * sy - h) < 1e-6 * h + 1e-9
+
+
+class _SlowFake:
+    """A batched predictor stand-in: each inference waits until `gate` is set, answers each tensor's value."""
+
+    batched = True
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.batches: list[list[float]] = []
+
+    def infer_batch(self, tensors, max_batch=8):  # type: ignore[no-untyped-def]
+        self.gate.wait(10)
+        self.batches.append([float(t.flat[0]) for t in tensors])
+        return [{"v": float(t.flat[0])} for t in tensors]
+
+
+def test_cancelled_request_is_skipped_and_the_worker_keeps_serving():  # type: ignore[no-untyped-def]
+    """A request cancelled while queued (client gone, timeout) must not kill the model's worker: the others in its
+    batch and every later request still get their answer."""
+    from sfdeploy.serving.batcher import Batcher
+
+    fake = _SlowFake()
+    b = Batcher(fake, window_ms=50, max_batch=8)
+    try:
+        first = b.submit(np.full((1, 3, 4, 4), 0.0, np.float32))  # the worker blocks on it: the rest queue
+        time.sleep(0.2)
+        gone, kept = (b.submit(np.full((1, 3, 4, 4), v, np.float32)) for v in (1.0, 2.0))
+        assert gone.cancel()
+        fake.gate.set()
+        assert first.result(timeout=10) == {"v": 0.0}
+        assert kept.result(timeout=10) == {"v": 2.0}
+        assert b.submit(np.full((1, 3, 4, 4), 3.0, np.float32)).result(timeout=10) == {"v": 3.0}
+        assert [1.0] not in fake.batches and all(1.0 not in batch for batch in fake.batches)  # never run
+    finally:
+        b.close()
+
+
+def test_failing_on_batch_callback_does_not_stop_the_worker():  # type: ignore[no-untyped-def]
+    from sfdeploy.serving.batcher import Batcher
+
+    fake = _SlowFake()
+    fake.gate.set()
+
+    def broken(images: int, seconds: float) -> None:
+        raise ValueError("metrics bug")
+
+    b = Batcher(fake, window_ms=1, max_batch=4, on_batch=broken)
+    try:
+        for v in (1.0, 2.0):
+            assert b.submit(np.full((1, 3, 4, 4), v, np.float32)).result(timeout=10) == {"v": v}
+    finally:
+        b.close()
+
+
+def test_inference_histogram_leaves_out_the_batch_queue_wait(batched_onnx):  # type: ignore[no-untyped-def]
+    """sfdeploy_inference_duration_seconds is the predictor call: a batched request that waited out a long batch
+    window (and behind the worker) observes its batch's inference time, the request histogram the whole wait."""
+    predictor = serving.load(batched_onnx)
+    infer = predictor.infer_batch
+    inferred: list[float] = []
+
+    def timed(tensors, max_batch=8):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return infer(tensors, max_batch)
+        finally:
+            inferred.extend([time.perf_counter() - t0] * len(tensors))
+
+    predictor.infer_batch = timed
+    app = create_app({"b": predictor}, batch_window_ms=1000, max_batch=8)
+    bodies = _images()[:3]
+    assert all(r.status_code == 200 for r in asyncio.run(_post_all(app, bodies)))
+    reg = app.state.metrics.registry
+    assert reg.get_sample_value("sfdeploy_inference_duration_seconds_count", {"model": "b"}) == len(bodies)
+    observed = reg.get_sample_value("sfdeploy_inference_duration_seconds_sum", {"model": "b"})
+    assert observed == pytest.approx(sum(inferred), rel=0.05, abs=0.01)  # the inference, not the 1 s window
+    assert reg.get_sample_value("sfdeploy_request_duration_seconds_sum",
+                                {"route": "/v1/detect", "model": "b"}) >= 1.0  # the first one waited the window
+
+
+def test_request_cancelled_in_the_batch_window_does_not_hang_the_model(batched_onnx):  # type: ignore[no-untyped-def]
+    """The review's reproduction over HTTP: a client gives up while its image waits in the batch window; the next
+    request to that model must still be answered (the old worker died and every later request hung)."""
+    predictor = serving.load(batched_onnx)
+    app = create_app({"b": predictor}, batch_window_ms=1000, max_batch=8)
+    batcher = app.state.batchers["b"]
+    submitted: list[object] = []
+    submit = batcher.submit
+    batcher.submit = lambda tensor: submitted.append(tensor) or submit(tensor)
+    body = _images()[0]
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            post = lambda: client.post("/v1/detect", files={"image": ("a.png", body, "image/png")})  # noqa: E731
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(post(), 0.5)  # cancelled inside the 1 s window
+            assert len(submitted) == 1  # it did reach the batcher
+            await asyncio.sleep(1.0)  # the window closes: the worker meets the cancelled request
+            return await asyncio.wait_for(post(), 20)
+
+    try:
+        assert asyncio.run(scenario()).status_code == 200
+    finally:
+        batcher.close()
