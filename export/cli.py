@@ -246,9 +246,11 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
 
         try:
             ov_res, report = export_openvino(fp32_path, out, source_onnx=res.path, precision=args.precision or "f32",
-                                             verify=args.verify, calib=args.calib_data)
+                                             verify=args.verify, calib=args.calib_data, staging=staging)
         except AgreementError as exc:
             print(exc.report.summary(), file=sys.stderr)
+            print(f"{out} was left as it was; the failed IR is kept at {exc.report.quantized} (+ .bin) for "
+                  "inspection", file=sys.stderr)
             if args.json:
                 print(json.dumps(exc.report.to_dict(), indent=2))
             return 1
