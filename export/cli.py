@@ -112,9 +112,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--max-batch-size/--max-queue-delay-us need --batch dynamic (a batch-1 graph has no "
                         "batch dimension for Triton to fill)")
     if args.format == "openvino":
+        from sfdeploy.serving.backends.openvino_runtime import import_openvino
+
         from .openvino import ir_paths
 
         ir_paths(args.out)  # a wrong --out suffix fails before the export
+        import_openvino()  # and a missing package, before minutes of export, parity check and calibration
 
 
 def _export(args: argparse.Namespace) -> int:
