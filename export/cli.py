@@ -174,7 +174,7 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
                           batch=batch)
     except ParityError as exc:
         if staging is not None:  # the failed graph is in the staging folder (--int8: the fp32 intermediate)
-            beside = out if args.format == "triton" else out.with_name(onnx_out.name)
+            beside = out if args.format in ("triton", "openvino") else out.with_name(onnx_out.name)
             exc.report.artefact = str(_keep_failed_graph(Path(exc.report.artefact), beside))
         print(exc.report.summary(), file=sys.stderr)
         if args.json:

@@ -271,3 +271,18 @@ def test_killed_export_leaves_nothing_after_cleanup(exported, tmp_path):  # type
     remove_stale_temp_files(tmp_path, name=out.name)  # what `sfdeploy export` runs first
     assert _files(tmp_path) == before
 
+
+def test_cli_parity_failure_keeps_the_graph_beside_out(tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    """The ONNX graph that failed parity on the way to an IR is kept as `<out>.parity-failed`, whatever --out is
+    called (never as model.onnx.parity-failed, the name of a failed `--out model.onnx` export)."""
+    import sfdeploy.export.onnx as onnx_export
+    from sfdeploy.export.verify import ParityError, ParityReport
+
+    def failing(checkpoint, path, **kwargs):  # type: ignore[no-untyped-def]
+        Path(path).write_bytes(b"graph")
+        raise ParityError(ParityReport(artefact=str(path), tolerances={}, images=[]))
+
+    monkeypatch.setattr(onnx_export, "export_onnx", failing)
+    out = tmp_path / "detector.xml"
+    assert run_cli(["export", str(tmp_path / "m.pt"), "--format", "openvino", "--out", str(out)]) == 1
+    assert _files(tmp_path) == {"detector.xml.parity-failed": b"graph"}
