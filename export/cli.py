@@ -112,9 +112,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--max-batch-size/--max-queue-delay-us need --batch dynamic (a batch-1 graph has no "
                         "batch dimension for Triton to fill)")
     if args.format == "openvino":
+        from sfdeploy.serving.backends.openvino_runtime import import_openvino
+
         from .openvino import ir_paths
 
         ir_paths(args.out)  # a wrong --out suffix fails before the export
+        import_openvino()  # and a missing package, before minutes of export, parity check and calibration
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -171,7 +174,7 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
                           batch=batch)
     except ParityError as exc:
         if staging is not None:  # the failed graph is in the staging folder (--int8: the fp32 intermediate)
-            beside = out if args.format == "triton" else out.with_name(onnx_out.name)
+            beside = out if args.format in ("triton", "openvino") else out.with_name(onnx_out.name)
             exc.report.artefact = str(_keep_failed_graph(Path(exc.report.artefact), beside))
         print(exc.report.summary(), file=sys.stderr)
         if args.json:
@@ -246,9 +249,11 @@ def _export_to(args: argparse.Namespace, staging: Path | None) -> int:
 
         try:
             ov_res, report = export_openvino(fp32_path, out, source_onnx=res.path, precision=args.precision or "f32",
-                                             verify=args.verify, calib=args.calib_data)
+                                             verify=args.verify, calib=args.calib_data, staging=staging)
         except AgreementError as exc:
             print(exc.report.summary(), file=sys.stderr)
+            print(f"{out} was left as it was; the failed IR is kept at {exc.report.quantized} (+ .bin) for "
+                  "inspection", file=sys.stderr)
             if args.json:
                 print(json.dumps(exc.report.to_dict(), indent=2))
             return 1

@@ -6,13 +6,18 @@ match ONNX Runtime on that graph. Weights stay f32 in the IR (`compress_to_fp16=
 chosen when the CPU plugin compiles it (f32, or bf16 where the CPU has it) and recorded as the default in the
 artefact metadata (`sfdeploy.openvino`). An int8 IR is the ORT-quantized QDQ graph converted as is: OpenVINO runs
 the QuantizeLinear/DequantizeLinear pairs as int8 kernels (docs/EXPORT.md has the comparison).
-Both files are written under temporary names and renamed (the .bin first, then the .xml that names the model).
+`export_openvino` converts and checks the IR inside a staging folder next to `--out`; only an IR that passed moves
+into place, the .bin then the .xml, back to back (`replace_ir`). A pair of files cannot be replaced atomically: a
+process that reads the pair during those two renames may see the old .xml with the new .bin, so a live server is
+pointed at a new file name (or restarted) rather than reading a pair being overwritten (docs/EXPORT.md).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,26 +109,72 @@ def check_ir(fp32_onnx: str | Path, xml: str | Path, images: list[np.ndarray], *
 
 
 def export_openvino(fp32_onnx: str | Path, out: str | Path, *, source_onnx: str | Path | None = None,
-                    precision: str = "f32", verify: bool = True,
-                    calib: str | None = None) -> tuple[OpenVinoResult, Any]:
-    """Convert `source_onnx` (default: `fp32_onnx`; an int8 graph for --int8) to the IR at `out` and, with
-    `verify`, hold it to `check_ir` against `fp32_onnx` at `precision`. Returns (result, AgreementReport or None);
-    raises AgreementError when the check fails (the IR is left on disk for inspection). bf16 on a CPU without it:
-    the IR is written (it runs bf16 elsewhere), the check is skipped with a warning."""
+                    precision: str = "f32", verify: bool = True, calib: str | None = None,
+                    staging: Path | None = None) -> tuple[OpenVinoResult, Any]:
+    """Convert `source_onnx` (default: `fp32_onnx`; an int8 graph for --int8) to an IR in `staging` (default: a
+    `temp_dir` next to `out`) and, with `verify`, hold it to `check_ir` against `fp32_onnx` at `precision`; only then
+    move it to `out`. Returns (result, AgreementReport or None). A failed check raises AgreementError and leaves
+    `out` as it was, byte for byte; the failed IR is kept beside it (`keep_failed_ir`). bf16 on a CPU without it: the
+    IR is written (it runs bf16 elsewhere), the check is skipped with a warning."""
+    from sfdeploy.io import temp_dir
+
     from .quant_check import AgreementError
     from .quantize import check_images
 
-    res = convert_onnx(source_onnx or fp32_onnx, out, precision=precision)
-    if not verify:
-        return res, None
-    if precision == "bf16" and not bf16_available():
+    xml, bin_ = ir_paths(out)
+    if staging is None:
+        with temp_dir(xml) as folder:
+            return export_openvino(fp32_onnx, xml, source_onnx=source_onnx, precision=precision, verify=verify,
+                                   calib=calib, staging=folder)
+    staged = convert_onnx(source_onnx or fp32_onnx, Path(staging) / xml.name, precision=precision)
+    report = None
+    if verify and precision == "bf16" and not bf16_available():
         warnings.warn("this CPU has no native bf16: the IR was written but not checked at bf16 (it will not load "
                       "with precision bf16 here)", RuntimeWarning, stacklevel=2)
-        return res, None
-    report = check_ir(fp32_onnx, res.xml, check_images(calib), precision=precision)
-    if not report.passed:
-        raise AgreementError(report)
-    return res, report
+    elif verify:
+        report = check_ir(fp32_onnx, staged.xml, check_images(calib), precision=precision)
+        if not report.passed:
+            report.quantized = str(keep_failed_ir(staged.xml, xml))
+            raise AgreementError(report)
+    replace_ir(staged.xml, xml)
+    return replace(staged, xml=xml, bin=bin_), report
+
+
+def keep_failed_ir(staged_xml: Path, out: Path) -> Path:
+    """An IR that failed its check, moved out of the staging folder (which is deleted) for inspection as
+    `<stem>.parity-failed.xml` + `.bin` next to `out` (a loadable pair). Returns the kept .xml."""
+    kept = out.with_name(f"{out.stem}.parity-failed.xml")
+    replace_ir(staged_xml, kept)
+    return kept
+
+
+def replace_ir(staged_xml: Path, xml: Path) -> None:
+    """Move a staged IR pair (same folder or file system as `xml`) over `xml` + its .bin: the .bin, then the .xml,
+    back to back. If the .xml rename fails, the old .bin is put back, so the old pair stays whole."""
+    from sfdeploy.io import _fsync_dir, _fsync_file
+
+    staged_bin, bin_ = staged_xml.with_suffix(".bin"), xml.with_suffix(".bin")
+    for p in (staged_xml, staged_bin):
+        _fsync_file(p)
+    backup = None
+    if bin_.is_file():
+        backup = staged_bin.with_name(f"{staged_bin.stem}.previous.bin")
+        try:
+            os.link(bin_, backup)  # keeps the old weights reachable at no cost
+        except OSError:
+            shutil.copy2(bin_, backup)
+    os.replace(staged_bin, bin_)
+    try:
+        os.replace(staged_xml, xml)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, bin_)
+        else:
+            bin_.unlink(missing_ok=True)
+        raise
+    if backup is not None:
+        backup.unlink(missing_ok=True)
+    _fsync_dir(xml.parent)
 
 
 def describe(res: OpenVinoResult) -> str:

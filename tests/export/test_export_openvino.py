@@ -200,3 +200,89 @@ def test_http_service_serves_the_ir(exported, irs):  # type: ignore[no-untyped-d
     a, b = (got[n].json()["detections"] for n in ("ov", "ort"))
     assert len(a) == len(b) > 0 and [d["label"] for d in a] == [d["label"] for d in b]
     np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=PARITY["score"])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_failed_check_keeps_the_old_ir(exported, tmp_path):  # type: ignore[no-untyped-def]
+    """An IR that fails its check never replaces the old pair; it is kept beside it as a loadable pair."""
+    from sfdeploy.export.openvino import export_openvino
+    from sfdeploy.export.quant_check import AgreementError
+
+    out = tmp_path / "m.xml"
+    export_openvino(exported["retinanet"].path, out, verify=False)
+    before = _files(tmp_path)
+    with pytest.raises(AgreementError) as info:  # the fcos IR checked against the retinanet graph
+        export_openvino(exported["retinanet"].path, out, source_onnx=exported["fcos"].path, calib=None)
+    after = _files(tmp_path)
+    assert {k: after.pop(k) for k in before} == before  # the old pair, byte for byte
+    assert sorted(after) == ["m.parity-failed.bin", "m.parity-failed.xml"]  # no staging or temp files either
+    assert info.value.report.quantized == str(tmp_path / "m.parity-failed.xml")
+    assert ov.Core().read_model(str(tmp_path / "m.parity-failed.xml")) is not None
+
+
+def test_failed_xml_rename_keeps_the_old_pair(exported, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The .bin is renamed first: if the .xml rename then fails, the old .bin is put back (never old .xml with the
+    new weights)."""
+    import os
+
+    from sfdeploy.export.openvino import export_openvino
+
+    out = tmp_path / "m.xml"
+    export_openvino(exported["retinanet"].path, out, verify=False)
+    before = _files(tmp_path)
+    real_replace = os.replace
+
+    def replace(src, dst):  # type: ignore[no-untyped-def]
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"):
+        export_openvino(exported["fcos"].path, out, verify=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert _files(tmp_path) == before
+
+
+def test_killed_export_leaves_nothing_after_cleanup(exported, tmp_path):  # type: ignore[no-untyped-def]
+    """SIGKILL while the IR is being written: the next export's cleanup (by the --out name) removes every temporary
+    file, the weights-sized .bin included."""
+    import os
+    import subprocess
+    import sys
+
+    from sfdeploy.export.openvino import export_openvino
+    from sfdeploy.io import remove_stale_temp_files
+
+    out = tmp_path / "m.xml"
+    export_openvino(exported["retinanet"].path, out, verify=False)
+    before = _files(tmp_path)
+    script = ("import os, signal, sys\nimport sfdeploy.io as io\nfrom sfdeploy.export.openvino import export_openvino\n"
+              "io._commit = lambda tmp, path: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "export_openvino(sys.argv[1], sys.argv[2], verify=False)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    proc = subprocess.run([sys.executable, "-c", script, str(exported["fcos"].path), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert {p.name for p in tmp_path.iterdir()} > set(before)  # killed mid-write: temporary files are there
+    remove_stale_temp_files(tmp_path, name=out.name)  # what `sfdeploy export` runs first
+    assert _files(tmp_path) == before
+
+
+def test_cli_parity_failure_keeps_the_graph_beside_out(tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    """The ONNX graph that failed parity on the way to an IR is kept as `<out>.parity-failed`, whatever --out is
+    called (never as model.onnx.parity-failed, the name of a failed `--out model.onnx` export)."""
+    import sfdeploy.export.onnx as onnx_export
+    from sfdeploy.export.verify import ParityError, ParityReport
+
+    def failing(checkpoint, path, **kwargs):  # type: ignore[no-untyped-def]
+        Path(path).write_bytes(b"graph")
+        raise ParityError(ParityReport(artefact=str(path), tolerances={}, images=[]))
+
+    monkeypatch.setattr(onnx_export, "export_onnx", failing)
+    out = tmp_path / "detector.xml"
+    assert run_cli(["export", str(tmp_path / "m.pt"), "--format", "openvino", "--out", str(out)]) == 1
+    assert _files(tmp_path) == {"detector.xml.parity-failed": b"graph"}

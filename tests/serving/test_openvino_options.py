@@ -110,3 +110,17 @@ def test_export_options(tmp_path, capsys):  # type: ignore[no-untyped-def]
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_openvino_fails_before_export(no_openvino, tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    """A missing package is found by the option checks, not after minutes of ONNX export and calibration."""
+    import sfdeploy.export.cli as export_cli
+    from sfdeploy.cli import main
+
+    def export_started(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the export started although openvino is missing")
+
+    monkeypatch.setattr(export_cli, "_export_to", export_started)
+    rc = main(["export", str(tmp_path / "m.pt"), "--format", "openvino", "--out", str(tmp_path / "m.xml")])
+    assert rc != 0 and "OpenVINO is not installed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
