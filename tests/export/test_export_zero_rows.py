@@ -6,6 +6,8 @@ fails. The raccoon int8 RetinaNet failed on 3 of 40 val images; served, that was
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -59,9 +61,6 @@ def test_int8_graph_without_candidates_runs_and_serves(detector, checkpoints, tm
     model, fp32 = _export_without_candidates(checkpoints, detector, tmp_path / "none.onnx")
     int8 = quantize_int8(fp32, tmp_path / "none.int8.onnx", "synthetic:8", calib_images=4).path
     _assert_empty_like_pytorch(int8, model)
-
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.full((120, 90, 3), 128, np.uint8)).save(buf, format="PNG")
     client = TestClient(create_app({"none": load(int8, backend="onnxruntime")}))
