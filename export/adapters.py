@@ -24,9 +24,13 @@ replaces a few torchvision functions / instance methods and restores every one o
   under TorchScript tracing it merges the levels with an element-wise `ScatterElements` over [N, 256, 7, 7] (106 of
   417 ms of an ORT Faster R-CNN run at 320 px). The replacement pools per level as the eager code does, then puts
   the rows back in RoI order with one Gather by the inverse permutation (no scatter, no zero-filled buffer).
-- `torchvision.models.detection._utils.BoxCoder.decode` (dynamo only): `if box_sum > 0` branches on the
-  data-dependent number of proposals; it only guards an ambiguous `reshape(0, -1)`, so the replacement reshapes
-  with the static column count instead (identical results for N > 0, empty outputs for N = 0).
+- `torchvision.models.detection._utils.BoxCoder.decode` (both exporters): `if box_sum > 0` branches on the
+  data-dependent number of proposals (dynamo cannot trace it) and its `reshape(box_sum, -1, 4)` became
+  Reshape(0 rows, [0, -1, ...]) in ONNX Runtime with zero proposals; the replacement (`zero_rows.py`) reshapes with
+  the static column count instead (identical results for N > 0, empty outputs for N = 0).
+- `torchvision.ops.boxes.clip_boxes_to_image` (both exporters; used by RetinaNet, FCOS, the RPN and the RoI
+  heads): its `reshape(boxes.shape)` became Reshape(0 rows, [0, -1]) in ONNX Runtime for a level with zero
+  candidates (`zero_rows.py`); the replacement clips element-wise with the same values and no Reshape.
 - `MultiScaleRoIAlign` infers its level scales lazily on the first call with `float(torch.tensor(...))`, which under
   the tracer specialises the graph on the example's size. With `example=` the scales are computed eagerly from the
   example first (the values eager inference would cache; they depend only on the FPN strides) and reset on exit.
@@ -46,6 +50,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .zero_rows import clip_boxes_elementwise, decode_fixed_columns
 
 NMS_MODES = ("multiclass", "offset")
 _STATE = threading.local()
@@ -259,12 +265,13 @@ def export_patches(model: nn.Module, *, nms: str = "multiclass", dynamo: bool = 
             stack.callback(setattr, module, name, old)
 
         patch(box_ops, "batched_nms", _multiclass_batched_nms if nms == "multiclass" else _offset_batched_nms)
+        patch(box_ops, "clip_boxes_to_image", clip_boxes_elementwise)  # both exporters: zero-row safe
+        patch(det_utils.BoxCoder, "decode", decode_fixed_columns)  # both exporters: zero-row safe, branch-free
         if dynamo:
             patch(det_utils, "_topk_min", _symbolic_topk_min)
             patch(transform_mod, "_resize_image_and_masks",
                   _symbolic_resize(transform_mod._resize_image_and_masks))
             patch(transform_mod.GeneralizedRCNNTransform, "batch_images", _symbolic_batch_images)
-            patch(det_utils.BoxCoder, "decode", _branch_free_decode)
             if example is not None:
                 _prime_roi_pools(model, example, stack)
         patch(poolers_mod, "_multiscale_roi_align", _symbolic_multiscale_roi_align)  # both exporters
@@ -337,15 +344,6 @@ def _symbolic_multiscale_roi_align(x_filtered: list[Tensor], boxes: list[Tensor]
         order.append(idx)
     # row i of the concatenation belongs to RoI order[i]: gather with the inverse permutation (no scatter)
     return torch.cat(pooled)[torch.argsort(torch.cat(order))]
-
-
-def _branch_free_decode(self: Any, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
-    concat_boxes = torch.cat(boxes, dim=0)
-    n = concat_boxes.shape[0]
-    if rel_codes.dim() != 2:  # torchvision's callers pass [N, K*4] already; keep the eager reshape otherwise
-        rel_codes = rel_codes.reshape(n, -1)
-    pred_boxes = self.decode_single(rel_codes, concat_boxes)
-    return pred_boxes.reshape(n, pred_boxes.shape[-1] // 4, 4)
 
 
 def _wrap_call_sites(model: nn.Module, stack: contextlib.ExitStack) -> None:

@@ -116,6 +116,10 @@ def test_adapters_restore_torchvision(checkpoints):  # type: ignore[no-untyped-d
             raise RuntimeError("boom")
     assert (box_ops.batched_nms, det_utils._topk_min, transform_mod._resize_image_and_masks, T.batch_images,
             poolers_mod._multiscale_roi_align, det_utils.BoxCoder.decode) == before
+    clip, decode = box_ops.clip_boxes_to_image, det_utils.BoxCoder.decode
+    with export_patches(model, nms="offset", dynamo=False):  # the TorchScript exporter gets the zero-row rewrites
+        assert box_ops.clip_boxes_to_image is not clip and det_utils.BoxCoder.decode is not decode
+    assert (box_ops.clip_boxes_to_image, det_utils.BoxCoder.decode) == (clip, decode)
     assert "filter_proposals" not in model.rpn.__dict__ and "postprocess_detections" not in model.roi_heads.__dict__
 
 
@@ -179,7 +183,7 @@ def test_branch_free_decode_matches_torchvision():  # type: ignore[no-untyped-de
     import torch
     from torchvision.models.detection._utils import BoxCoder
 
-    from sfdeploy.export.adapters import _branch_free_decode
+    from sfdeploy.export.zero_rows import decode_fixed_columns as _branch_free_decode
 
     g = torch.Generator().manual_seed(0)
     coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
