@@ -63,37 +63,23 @@ def register(subparsers: Any) -> None:
     v.set_defaults(handler=_verify)
 
 
+# export option name -> the flags that set it (export/formats.py says which formats accept which option)
+_OPTION_FLAGS = {
+    "opset": ("opset",), "exporter": ("exporter",), "simplify": ("simplify",), "fp16": ("fp16",),
+    "sizes": ("min_size", "opt_size", "max_size"), "model_name": ("model_name",), "instance_kind": ("instance_kind",),
+    "instance_count": ("instance_count",), "engine": ("engine",), "precision": ("precision",),
+    "int8": ("int8", "calib_data", "calib_images", "calib_method"), "batch": ("batch",),
+    "max_batch_size": ("max_batch_size",), "max_queue_delay_us": ("max_queue_delay_us",),
+}
+
+
 def _given_options(args: argparse.Namespace) -> set[str]:
-    given = set()
-    if args.opset is not None:
-        given.add("opset")
-    if args.exporter is not None:
-        given.add("exporter")
-    if args.simplify:
-        given.add("simplify")
-    if args.fp16:
-        given.add("fp16")
-    if any(x is not None for x in (args.min_size, args.opt_size, args.max_size)):
-        given.add("sizes")
-    if args.model_name is not None:
-        given.add("model_name")
-    if args.instance_kind is not None:
-        given.add("instance_kind")
-    if args.instance_count is not None:
-        given.add("instance_count")
-    if args.engine is not None:
-        given.add("engine")
-    if args.precision is not None:
-        given.add("precision")
-    if args.int8 or any(x is not None for x in (args.calib_data, args.calib_images, args.calib_method)):
-        given.add("int8")
-    if args.batch is not None:
-        given.add("batch")
-    if args.max_batch_size is not None:
-        given.add("max_batch_size")
-    if args.max_queue_delay_us is not None:
-        given.add("max_queue_delay_us")
-    return given
+    """The options the user gave (a store_true flag counts when True, any other flag when not None)."""
+    def given(flag: str) -> bool:
+        value = getattr(args, flag)
+        return value is True if isinstance(value, bool) else value is not None
+
+    return {option for option, flags in _OPTION_FLAGS.items() if any(given(f) for f in flags)}
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ A backend only implements `_infer(tensor [1,3,h,w] float32 in [0,1]) -> {"boxes"
 
 from __future__ import annotations
 
+import abc
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,7 @@ class Detections:
 
 
 # -- predictor -----------------------------------------------------------------------------------------
-class Predictor:
+class Predictor(abc.ABC):
     """Base class: subclasses set config/metadata/backend/device and implement `_infer`."""
 
     backend: str = "?"
@@ -113,9 +114,10 @@ class Predictor:
         canvas = spec.get("canvas") if spec.get("batch") == "dynamic" else None
         self.canvas: tuple[int, int] | None = (int(canvas[0]), int(canvas[1])) if canvas else None
 
-    # -- to implement ----------------------------------------------------------------------------
+    # -- what each backend implements ------------------------------------------------------------
+    @abc.abstractmethod
     def _infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """One [1,3,h,w] float input -> the graph's named outputs (boxes, scores, labels[, masks]) as numpy."""
 
     def _infer_batch(self, tensor: np.ndarray) -> list[dict[str, np.ndarray]]:
         """[B,3,h,w] of one shape -> one `_infer`-style dict per image; backends of batched graphs override it."""
