@@ -217,3 +217,29 @@ def test_mask_loss_starts_uninformative(tiny_cfg, tiny_batch, backbone: str, met
                                         load_backbone_weights=False)).train()
     losses = model(*tiny_batch(n=2, masks=True))
     assert losses["loss_mask"].item() < 1.5
+
+
+# ---------------------------------------------------------------------------------------------- box predictor start
+@pytest.mark.parametrize("detector,method", [("faster_rcnn", "baseline"), ("faster_rcnn", "sampling_free"),
+                                             ("mask_rcnn", "ce")])
+def test_box_predictor_starts_like_the_authors(tiny_cfg, detector: str, method: str) -> None:
+    """cls_score ~ N(0, 0.01), bbox_pred ~ N(0, 0.001), zero biases (torchvision's default std is 0.018)."""
+    torch.manual_seed(0)
+    predictor = build_model(tiny_cfg(detector, method), load_backbone_weights=False).roi_heads.box_predictor
+    assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    assert not predictor.cls_score.bias.any() and not predictor.bbox_pred.bias.any()
+
+
+def test_rcnn_starts_with_small_box_deltas(tiny_cfg, tiny_batch) -> None:
+    """At step 0 the RoI head predicts (nearly) the proposals themselves and a near-uniform class distribution."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("faster_rcnn", "baseline"), load_backbone_weights=False).eval()
+    images, _ = tiny_batch(n=1)
+    features: dict = {}
+    model.roi_heads.box_predictor.register_forward_hook(lambda _m, _i, out: features.update(out=out))
+    with torch.no_grad():
+        model(images)
+    logits, deltas = features["out"]
+    assert deltas.abs().max().item() < 0.05
+    assert torch.softmax(logits, dim=1).max().item() < 0.6  # 3 classes (2 + background): uniform is 0.33
