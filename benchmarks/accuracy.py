@@ -397,8 +397,9 @@ def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | Non
                 axes[1].plot(steps, [r.get(key) for r in recs], label=f"{label}: {key}")
         for name in sorted({n for r in recs for n in (r.get("guide") or {})}):
             axes[2].plot(steps, [(r.get("guide") or {}).get(name, {}).get("g") for r in recs], label=f"{label}: {name}")
-            axes[3].plot(steps, [(r.get("guide") or {}).get(name, {}).get("delta") for r in recs],
-                         label=f"{label}: {name}")
+            deltas = [(r.get("guide") or {}).get(name, {}).get("delta") for r in recs]
+            if any(d is not None for d in deltas):  # the authors' R-CNN guide has no learnable weight
+                axes[3].plot(steps, deltas, label=f"{label}: {name}")
     if not any_data:
         plt.close(fig)
         return None
@@ -408,6 +409,11 @@ def plot_dynamics(runs: dict[str, str], out_png: Path, title: str) -> Path | Non
         ax.set_xlabel("step")
         if ax.lines:
             ax.legend(fontsize=7)
+    if not axes[3].lines:
+        axes[3].text(0.5, 0.5, "no learnable weight\n(baseline, or the authors' R-CNN guide)", ha="center",
+                     va="center", transform=axes[3].transAxes)
+        axes[3].set_xticks([])
+        axes[3].set_yticks([])
     axes[0].set_yscale("log")
     axes[2].set_yscale("log")
     fig.suptitle(title)
