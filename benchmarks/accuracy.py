@@ -202,7 +202,7 @@ def run_one(args: argparse.Namespace, data: dict, detector: str, variant: str, s
     cfg = TrainConfig(model=model, out=str(out), max_steps=args.steps, batch_size=args.batch, seed=seed,
                       device=args.device, workers=args.workers, warmup_steps=min(args.warmup, args.steps // 4),
                       lr=args.lr, grad_clip=args.grad_clip, tensorboard=False, plots=False, checkpoint_every=10**9,
-                      log_every=5, prior_cache_dir=str(Path(args.cache) / "priors"),
+                      log_every=5, prior_cache_dir=str(Path(args.cache) / "priors"), eval_every=args.eval_every,
                       **({"augment": args.augment} if args.augment else {}), **data)
     # a finished run is reused only when it was trained with exactly these settings
     settings = json.dumps({"model": model.to_dict(), "max_steps": cfg.max_steps, "batch": cfg.batch_size,
@@ -456,6 +456,9 @@ def main() -> None:
                         "horizontal flip (the protocol of the earlier runs)")
     p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,
                    help="max gradient norm; default none (no clipping), the trainer's and the authors' setting")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="also evaluate on the val split every N steps (an AP curve in metrics.jsonl, to tell whether "
+                        "the schedule is long enough); the reported AP stays the last step's")
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")
     p.add_argument("--extra-thresh", type=float, nargs="*", default=[],
                    help="also evaluate each final model on the val split at these thresholds (e.g. 1e-4)")
