@@ -9,6 +9,8 @@
 #   docs/BENCHMARKS.md section 0), sf-paper = the paper's eq. 24 (per-step g, learnable delta; section 1's 2026-11-27
 #   one-stage rows). Two-stage: `sampling_free` = the authors' R-CNN guide without a delta (guided_form does not
 #   apply to the R-CNN heads); section 1's 2026-11-27 two-stage rows were trained with sf-rcnn-delta.
+#   Since stop 20 every R-CNN's box predictor starts as the authors' (class logits N(0, 0.01), deltas N(0, 0.001)),
+#   for every method: rerunning steps 2, 5, 6 reproduces docs/BENCHMARKS.md 0f / 1d, not section 1's older rows.
 # One-stage lr 0.01 at batch 4 (4x the paper's linear scaling, the quickstart's setting fixed before these runs:
 # at the paper's 0.0025 a 200-step CPU schedule leaves every variant near AP 0.05). Two-stage: the paper's lr
 # scaled to batch 2 (0.0025); at 2x, Sampling-Free Faster R-CNN diverged without clipping (docs/BENCHMARKS.md).
@@ -58,3 +60,11 @@ TWO=(--batch 2 --steps 120 --warmup 30)
 "${A[@]}" --dataset raccoon --detectors retinanet --variants baseline sf-frozen sf-paper --size 256 --batch 4 \
     --steps 400 --lr 0.01 --warmup 50 --runs runs/benchmarks_long --cache runs/benchmarks/cache \
     --out $OUT/raccoon_schedule_400
+# 9. real photos, Faster R-CNN (docs/BENCHMARKS.md 0f): the 0a budget at the paper-scaled lr (0.005 at batch 4)
+#    and at half of it, for both methods (Sampling-Free diverged on seed 0 at 0.005); own run folders per lr
+"${A[@]}" --dataset raccoon --detectors faster_rcnn --variants baseline sampling_free --size 256 --batch 4 \
+    --steps 400 --warmup 50 --extra-thresh 1e-4 --runs runs/benchmarks_racf_lr005 --cache runs/benchmarks/cache \
+    --out $OUT/raccoon_faster_rcnn_lr005
+"${A[@]}" --dataset raccoon --detectors faster_rcnn --variants baseline sampling_free --size 256 --batch 4 \
+    --steps 400 --lr 0.0025 --warmup 50 --extra-thresh 1e-4 --runs runs/benchmarks_racf_lr0025 \
+    --cache runs/benchmarks/cache --out $OUT/raccoon_faster_rcnn_lr0025
