@@ -435,6 +435,14 @@ def _head_matches(guide_name: str, loss_key: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- main
+def _positive_int(value: str) -> int:
+    """argparse type: a step count >= 1 (argparse turns the ValueError into a one-line exit-2 error)."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "raccoon", "nuclei"])
@@ -456,7 +464,7 @@ def main() -> None:
                         "horizontal flip (the protocol of the earlier runs)")
     p.add_argument("--grad-clip", type=lambda v: None if v.lower() == "none" else float(v), default=None,
                    help="max gradient norm; default none (no clipping), the trainer's and the authors' setting")
-    p.add_argument("--eval-every", type=int, default=None,
+    p.add_argument("--eval-every", type=_positive_int, default=None,
                    help="also evaluate on the val split every N steps (an AP curve in metrics.jsonl, to tell whether "
                         "the schedule is long enough); the reported AP stays the last step's")
     p.add_argument("--score-thresh", type=float, default=1e-3, help="same evaluation threshold for every variant")

@@ -34,3 +34,15 @@ def test_every_suite_step_names_existing_variants_and_the_sampling_free_form() -
         assert set(named) <= set(variants), set(named) - set(variants)
         if set(detectors) & set(ONE_STAGE):  # one-stage heads: the form, not the moving default
             assert "sampling_free" not in named, tokens
+
+
+def test_accuracy_eval_every_rejects_non_positive_steps() -> None:
+    """`--eval-every 0` is a one-line exit-2 usage error, not a traceback from TrainConfig hours into a suite."""
+    import subprocess
+    import sys
+
+    for bad in ("0", "-5", "x"):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--out", "/tmp/x",
+                               "--eval-every", bad], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "--eval-every" in proc.stderr and "Traceback" not in proc.stderr
